@@ -1,0 +1,206 @@
+"""data/prepare_synthetic.py: Kazakh numbers, the UI-string cleaner, the .mo/.ftl/.deb readers, the splits, espeak-ng.
+
+Hermetic: the .mo and .deb files are built inside the tests; nothing is downloaded. The synthesis test runs only
+where espeak-ng (with its Kazakh voice) and sox are installed.
+"""
+import importlib.util
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+SCRIPT = Path(__file__).resolve().parents[1] / "data" / "prepare_synthetic.py"
+spec = importlib.util.spec_from_file_location("prepare_synthetic", SCRIPT)
+ps = importlib.util.module_from_spec(spec)
+sys.modules["prepare_synthetic"] = ps  # dataclasses look their module up here
+spec.loader.exec_module(ps)
+
+
+@pytest.mark.parametrize("n, words", [
+    (0, "нөл"), (7, "жеті"), (10, "он"), (11, "он бір"), (21, "жиырма бір"), (40, "қырық"),
+    (99, "тоқсан тоғыз"), (100, "жүз"), (101, "жүз бір"), (250, "екі жүз елу"), (1000, "бір мың"),
+    (1990, "бір мың тоғыз жүз тоқсан"), (2024, "екі мың жиырма төрт"), (3605, "үш мың алты жүз бес"),
+    (9999, "тоғыз мың тоғыз жүз тоқсан тоғыз"),
+])
+def test_kazakh_number(n, words):
+    assert ps.kazakh_number(n) == words
+
+
+def test_kazakh_number_range():
+    with pytest.raises(ValueError):
+        ps.kazakh_number(10000)
+    with pytest.raises(ValueError):
+        ps.kazakh_number(-1)
+
+
+@pytest.mark.parametrize("message, segments", [
+    ("_Файлды ашу", ["файлды ашу"]),  # GTK accelerator
+    ("Фа~йлды &сақтау", ["файлды сақтау"]),  # LibreOffice / KDE accelerators inside words
+    ("Жаңа терезе (_N)", ["жаңа терезе"]),  # accelerator after the label
+    ("<b>Бетті жаңарту</b>", ["бетті жаңарту"]),  # markup kept out, words kept
+    ("Сәлем, әлем!", ["сәлем әлем"]),  # FLEURS: punctuation -> space, lowercase
+    ("Файлды ашу.\nҚайта көріңіз!", ["файлды ашу", "қайта көріңіз"]),  # sentences split
+    ("Файл табылмады. {name} жоқ.", ["файл табылмады"]),  # the sentence with a placeholder is dropped
+    ("%s файлын ашу мүмкін емес", []),  # printf placeholder
+    ("%1$S арқылы жіберілді", []),  # Mozilla placeholder
+    ("$(ARG1) процедура сыртында рұқсат етілмеген.", []),  # LibreOffice placeholder
+    ("%PRODUCTNAME іске қосылды", []),
+    ("Open file", []),  # Latin
+    ("Файлды Save ету", []),  # mixed script
+    ("Їжак їсть яблуко", []),  # Ukrainian letters are not Kazakh
+    ("Мүмкiн емес", ["мүмкін емес"]),  # Latin i typed for Kazakh і
+    ("21 файл көшірілді", ["жиырма бір файл көшірілді"]),
+    ("1990 жылы шыққан", ["бір мың тоғыз жүз тоқсан жылы шыққан"]),
+    ("50% масштаб", ["елу пайыз масштаб"]),
+    ("Нұсқа 1.5 орнатылды", []),  # decimal
+    ("1-ші бет", []),  # ordinal
+    ("10 000 жол", []),  # thousands separator
+    ("Сақтау", []),  # one word
+    (" ".join(["сөз"] * 13), []),  # too long
+    ("Файлдар;Бумалар;Ашу;", []),  # .desktop keyword lists split into single words
+])
+def test_clean_message(message, segments):
+    assert ps.clean_message(message) == segments
+
+
+def test_kazakh_alphabet():
+    assert len(ps.KAZAKH_LETTERS) == 42  # 33 Russian letters + ә ғ қ ң ө ұ ү һ і
+    assert set("әғқңөұүһі") <= ps.KAZAKH_LETTERS
+
+
+def test_normalize_keeps_combining_marks():
+    assert ps.normalize("Сәлем,  ӘЛЕМ! «тест»") == "сәлем әлем тест"
+    assert ps.normalize("И\u0306") == "и\u0306"  # never strip combining marks (й decomposed)
+
+
+def write_mo(path: Path, entries: dict[bytes, bytes]) -> None:
+    """A little-endian GNU .mo file (the layout of CPython's Tools/i18n/msgfmt.py), no hash table."""
+    keys = sorted(entries)
+    ids = strs = b""
+    offsets = []
+    for k in keys:
+        offsets.append((len(ids), len(k), len(strs), len(entries[k])))
+        ids += k + b"\0"
+        strs += entries[k] + b"\0"
+    key_start = 7 * 4 + 16 * len(keys)
+    value_start = key_start + len(ids)
+    table = [x for o1, l1, _, _ in offsets for x in (l1, o1 + key_start)]
+    table += [x for _, _, o2, l2 in offsets for x in (l2, o2 + value_start)]
+    header = struct.pack("<Iiiiiii", 0x950412DE, 0, len(keys), 28, 28 + 8 * len(keys), 0, 0)
+    path.write_bytes(header + struct.pack(f"<{len(table)}i", *table) + ids + strs)
+
+
+MO_ENTRIES = {
+    b"": b"Content-Type: text/plain; charset=UTF-8\nPlural-Forms: nplurals=1; plural=0;\n",
+    b"Open the file": "Файлды ашу".encode(),
+    b"menu\x04Close": "Жабу".encode(),  # msgctxt
+    b"%d file\x00%d files": "%d файл".encode(),  # plural
+}
+
+
+def test_read_mo(tmp_path):
+    write_mo(tmp_path / "x.mo", MO_ENTRIES)
+    assert sorted(ps.read_mo((tmp_path / "x.mo").read_bytes(), "x.mo")) == ["%d файл", "Жабу", "Файлды ашу"]
+    with pytest.raises(ps.SourceError, match=r"^bad\.mo: "):
+        ps.read_mo(b"not a catalogue at all", "bad.mo")
+
+
+def test_read_ftl_and_properties():
+    ftl = """# comment
+title = Құлау хабарламалары
+    .label = Жіберу
+brand = { -brand-short-name } құлады
+multi = Бірінші жол
+    екінші жол
+count =
+    { $n ->
+        [one] Бір бет
+       *[other] { $n } бет
+    }
+"""
+    assert ps.read_ftl(ftl) == ["Құлау хабарламалары", "Жіберу", "{ -brand-short-name } құлады",
+                                "Бірінші жол\nекінші жол", "Бір бет", "{ $n } бет"]
+    props = "# c\nsource.label = %1$S арқылы\nfiles = %S файл;%S файлдар\n"
+    assert ps.read_properties(props) == ["%1$S арқылы", "%S файл", "%S файлдар"]
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_read_deb(tmp_path):
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        "Package: kk-test\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    for lang in ("kk", "ru"):
+        (root / f"usr/share/locale/{lang}/LC_MESSAGES").mkdir(parents=True)
+        write_mo(root / f"usr/share/locale/{lang}/LC_MESSAGES/app.mo", MO_ENTRIES)
+    (root / "usr/share/doc/kk-test").mkdir(parents=True)
+    (root / "usr/share/doc/kk-test/copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: debian/*\nLicense: GPL-3+\n\nFiles: *\nCopyright: 2020 x\nLicense: LGPL-2.1+\n")
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(tmp_path / "kk.deb")],
+                   check=True, capture_output=True)
+    strings, files, copyright_text = ps.read_deb(tmp_path / "kk.deb")
+    assert files == ["usr/share/locale/kk/LC_MESSAGES/app.mo"]  # the ru catalogue is not read
+    assert sorted(strings) == ["%d файл", "Жабу", "Файлды ашу"]
+    assert ps.licence_of(copyright_text) == "LGPL-2.1+"  # the Files: * paragraph, not the first one
+    assert ps.licence_of("This is under the GNU Lesser General Public License.") == "free-form: LGPL"
+
+
+def test_splits_hold_out_sentences_and_voice():
+    sentences = ps.split_sentences([f"сөз {ps.kazakh_number(i)}" for i in range(200)], n_valid=20, n_test=30)
+    assert [len(sentences[k]) for k in ("test", "valid", "lm")] == [30, 20, 150]
+    plans = ps.plan_splits(sentences, n_train=100, held_out="f3", seed=0)
+    train, valid, test = plans["train"], plans["valid"], plans["test"]
+    assert len(train) == 100 and {u.voice for u in test} == {"f3"}
+    assert "f3" not in {u.voice for u in train + valid} and len({u.voice for u in train}) >= 8
+    assert not {u.text for u in test} & {u.text for u in train + valid}
+    assert not {u.text for u in valid} & {u.text for u in train}
+    assert all(130 <= u.speed <= 190 and 30 <= u.pitch <= 70 for u in train + valid + test)
+    again = ps.plan_splits(sentences, n_train=100, held_out="f3", seed=0)
+    assert again == plans and ps.plan_splits(sentences, n_train=100, held_out="f3", seed=1) != plans
+    with pytest.raises(ValueError):
+        ps.split_sentences(["а б"] * 10, n_valid=5, n_test=5)
+
+
+def has_espeak_kk() -> bool:
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        return False
+    voices = subprocess.run(["espeak-ng", "--voices=kk"], capture_output=True, text=True).stdout
+    return "trk/kk" in voices
+
+
+@pytest.mark.skipif(not has_espeak_kk(), reason="needs espeak-ng with its kk voice, and sox")
+def test_synthesize_three_utterances(tmp_path):
+    assert {"m1", "f3"} <= ps.available_voices()
+    utts = [ps.Utterance("test", i, text, "f3", 170, 50)
+            for i, text in enumerate(["файлды ашу", "сәлем әлем", "жиырма бір бет"])]
+    rows = ps.synthesize_split(utts, tmp_path / "synth", root=tmp_path, jobs=2)
+    assert [r["text"] for r in rows] == ["файлды ашу", "сәлем әлем", "жиырма бір бет"]
+    for row in rows:
+        assert not Path(row["audio_filepath"]).is_absolute()  # relative to root
+        info = sf.info(str(tmp_path / row["audio_filepath"]))
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert row["duration"] == pytest.approx(info.frames / 16000, abs=1e-3) and 0.3 < row["duration"] < 5
+        assert (row["voice"], row["speed"], row["pitch"]) == ("f3", 170, 50)
+    ps.write_jsonl(tmp_path / "test.jsonl", rows)
+    assert [json.loads(line) for line in (tmp_path / "test.jsonl").read_text().splitlines()] == rows
+    assert not list((tmp_path / "synth").rglob("*.tmp"))  # temp files cleaned up
+
+    mtime = (tmp_path / rows[0]["audio_filepath"]).stat().st_mtime_ns
+    assert ps.synthesize_split(utts, tmp_path / "synth", root=tmp_path) == rows  # rerun: same rows...
+    assert (tmp_path / rows[0]["audio_filepath"]).stat().st_mtime_ns == mtime  # ...from the existing wav
+
+    assert ps.synthesize(utts[0], tmp_path / "long.wav", max_seconds=0.1) is None  # too long: skipped
+    assert not (tmp_path / "long.wav").exists()
+
+    # a target just over the first two utterances: one file of two, the third (too short alone) left out
+    target = rows[0]["duration"] + rows[1]["duration"] + 0.1
+    (long,) = ps.make_longform(rows, tmp_path / "synth", tmp_path, n_files=5, seconds=target)
+    assert long["n_utterances"] == 2 and long["text"] == "файлды ашу сәлем әлем"
+    expected = rows[0]["duration"] + ps.LONG_GAP_SECONDS + rows[1]["duration"]
+    assert long["duration"] == pytest.approx(expected, abs=1e-3)
