@@ -44,6 +44,7 @@ ENCODER_PRESETS = {
     "300m": dict(dim=640, n_heads=10, n_layers=14, n_convs=2),  # checkpoint-92000 (decoder width 1024)
     "150m": dict(dim=512, n_heads=8, n_layers=12, n_convs=2),   # sister release (decoder width 768)
     "teach": dict(dim=192, n_heads=4, n_layers=6, n_convs=2),   # the small teaching model trained on a CPU
+    "tiny": dict(dim=64, n_heads=2, n_layers=2, n_convs=2),     # tests and smoke runs
 }
 
 

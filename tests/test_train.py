@@ -1,0 +1,172 @@
+"""train.py on a tiny model and a few utterances: it learns, accumulates, resumes, scales out, survives bad data."""
+import json
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import train as T
+from dataset import collate, open_dataset
+from decoder import Llama, LlamaConfig, load_llama, save_llama
+from tokenizer import Tokenizer, train_sentencepiece
+from train_lm import lm_loss, load_blocks
+
+TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
+MORE = ["ол мектепке барады", "біз үйде отырмыз", "менің атым айгүл", "сен қайдан келдің", "ертең жаңбыр жауады",
+        "бұл үлкен қала", "олар әнді жақсы айтады", "ағаш жасыл", "күн жылы", "өзен ұзын"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Four random-noise 'utterances' of unequal length, a tiny tokenizer and a tiny frozen Llama."""
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, text in enumerate(TEXTS):
+        n = 16000 * (6 + 3 * i) // 10  # 0.6 .. 1.5 s: unequal lengths, so padding and masks matter
+        sf.write(root / f"u{i}.wav", (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+        rows.append(dict(audio_filepath=f"u{i}.wav", text=text.upper() + "!", duration=n / 16000))
+    (root / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    (root / "text.txt").write_text("\n".join((TEXTS + MORE) * 3) + "\n")
+    tok = train_sentencepiece(str(root / "text.txt"), str(root / "tok"), vocab_size=330)
+    torch.manual_seed(0)
+    # 300 base rows < 330 tokenizer ids: the vocabulary extension is exercised, as in the release (50257 < 100000)
+    llm = Llama(LlamaConfig(vocab_size=300, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64))
+    # a frozen decoder is only useful pretrained: a few steps on the texts, as train_lm.py does at scale
+    blocks, _ = load_blocks(root / "text.txt", Tokenizer.load(tok), seq_len=32, valid_fraction=0.05, seed=0)
+    blocks = blocks.clamp(max=299)  # ids past the base vocabulary are unknown to it, like 50257+ in the release
+    opt = torch.optim.AdamW(llm.parameters(), lr=1e-2)
+    for _ in range(60):
+        lm_loss(llm, blocks).backward()
+        opt.step()
+        opt.zero_grad()
+    save_llama(llm, root / "llama")
+    return root, tok
+
+
+def config(setup, out, **kw):
+    root, tok = setup
+    base = dict(T.PRESETS["teach"], encoder="tiny", train=str(root / "train.jsonl"), tokenizer=tok,
+                decoder=str(root / "llama"), out=str(out), batch_size=4, grad_accum=1, lr=3e-3, warmup=0.1,
+                max_steps=40, dropout=0.0, spec_augment=False, speed_perturb=False, num_workers=0, eval_wer=0,
+                save_every=1000, log_every=1, label_smoothing=0.0)
+    return replace(T.TrainConfig(), **{**base, **kw})
+
+
+def losses(out, key):
+    return [r[key] for r in map(json.loads, open(out / "log.jsonl")) if key in r and "valid_loss" not in r]
+
+
+def test_ctc_then_e2e_overfit_and_the_decoder_stays_frozen(setup, tmp_path):
+    root = setup[0]
+    T.train(config(setup, tmp_path / "ctc", stage="ctc"))
+    ctc = losses(tmp_path / "ctc", "ctc")
+    assert ctc[-1] < ctc[0] / 2, ctc
+    model = T.train(config(setup, tmp_path / "e2e", stage="e2e", init=str(tmp_path / "ctc" / "checkpoint-40"),
+                           lr=1e-2, max_steps=50))
+    ce = losses(tmp_path / "e2e", "ce")
+    assert ce[-1] < ce[0] / 2, ce
+    base = load_llama(root / "llama")
+    for name, p in base.state_dict().items():  # bit-identical: not a single base weight moved
+        assert torch.equal(model.llm.state_dict()[name], p), name
+    # the vocabulary fix: the rows the base lacks did train, and only they
+    assert not torch.equal(model.llm.new_rows, base.tok_embeddings.weight.mean(0).expand(30, -1))
+
+
+def window_grads(setup, batches):
+    cfg = config(setup, "unused", stage="e2e")
+    tok = Tokenizer.load(cfg.tokenizer)
+    model = T.build_model(cfg, tok)
+    obj = T.Objective(model, cfg, tok.eos_id)
+    n_tokens, n_items = T.window_counts(batches, "cpu")
+    T.forward_backward(obj, batches, n_tokens, n_items)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_accumulation_2x2_equals_batch_4(setup):
+    cfg = config(setup, "unused")
+    ds = open_dataset(cfg.train, Tokenizer.load(cfg.tokenizer))
+    items = [ds[i] for i in range(4)]
+    one = window_grads(setup, [collate(items)])
+    two = window_grads(setup, [collate(items[:2]), collate(items[2:])])
+    assert set(one) == set(two) and "llm.new_rows" in one
+    for n in one:
+        torch.testing.assert_close(one[n], two[n], atol=1e-6, rtol=1e-4, msg=n)
+    # a loss summed without the window's normalisation would be twice as large: the check can tell
+    assert (one["ctc_head.bias"] - 2 * two["ctc_head.bias"]).abs().max() > 1e-4
+
+
+def test_resume_is_exact(setup, tmp_path):
+    kw = dict(stage="e2e", max_steps=6, batch_size=2, dropout=0.1, spec_augment=True, save_every=3)
+    straight = T.train(config(setup, tmp_path / "a", **kw))
+    T.train(config(setup, tmp_path / "b", stop_at=3, **kw))
+    assert (tmp_path / "b" / "checkpoint-3" / "trainer.pt").exists()
+    assert not (tmp_path / "b" / "checkpoint-6").exists()
+    resumed = T.train(config(setup, tmp_path / "b", resume=True, **kw))
+    for (n, p), q in zip(straight.own_state_dict().items(), resumed.own_state_dict().values()):
+        assert torch.equal(p, q), n
+
+
+def _ddp_worker(rank, world, setup, init_file, out):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    cfg = config(setup, "unused", stage="e2e")
+    tok = Tokenizer.load(cfg.tokenizer)
+    model = T.build_model(cfg, tok)
+    obj = torch.nn.parallel.DistributedDataParallel(T.Objective(model, cfg, tok.eos_id))
+    ds = open_dataset(cfg.train, tok)
+    batch = [collate([ds[2 * rank], ds[2 * rank + 1]])]  # each process: its own half of the batch
+    n_tokens, n_items = T.window_counts(batch, "cpu", ddp=True, world=world)
+    T.forward_backward(obj, batch, n_tokens, n_items, ddp=True)
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters() if p.requires_grad}, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_equal_one_process_with_twice_the_batch(setup, tmp_path):
+    cfg = config(setup, "unused")
+    ds = open_dataset(cfg.train, Tokenizer.load(cfg.tokenizer))
+    single = window_grads(setup, [collate([ds[i] for i in range(4)])])
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, setup, tmp_path / "init", tmp_path / "g.pt"), nprocs=2)
+    ddp = torch.load(tmp_path / "g.pt")
+    for n in single:
+        torch.testing.assert_close(ddp[n], single[n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+def test_bad_rows_are_skipped_and_counted(setup, tmp_path, capsys):
+    root = setup[0]
+    (tmp_path / "junk.wav").write_text("not audio")
+    rows = [json.loads(l) for l in open(root / "train.jsonl")]
+    for r in rows:
+        r["audio_filepath"] = str(root / r["audio_filepath"])
+    rows += [dict(audio_filepath=str(tmp_path / "missing.wav"), text="жоқ файл", duration=1.0),
+             dict(audio_filepath=str(tmp_path / "junk.wav"), text="бұзық файл", duration=1.0),
+             dict(audio_filepath=rows[0]["audio_filepath"], text=" !!! ", duration=1.0),  # empty once normalised
+             dict(audio_filepath=rows[0]["audio_filepath"], text="өте ұзын", duration=99.0)]
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    T.train(config(setup, tmp_path / "out", train=str(manifest), stage="ctc", max_steps=4, batch_size=2))
+    printed = capsys.readouterr().out
+    assert "6 utterances (2 skipped)" in printed
+    assert "2 bad rows skipped" in printed
+
+
+def test_non_finite_step_is_skipped(setup, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = T.ctc_loss
+
+    def sometimes_nan(*a):
+        calls["n"] += 1
+        loss = real(*a)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(T, "ctc_loss", sometimes_nan)
+    model = T.train(config(setup, tmp_path / "nan", stage="ctc", max_steps=3))
+    assert "step 1: non-finite loss or gradient, update skipped" in capsys.readouterr().out
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(SystemExit, match="3 non-finite steps in a row"):
+        monkeypatch.setattr(T, "ctc_loss", lambda *a: real(*a) * float("nan"))
+        T.train(config(setup, tmp_path / "nan2", stage="ctc", max_steps=5, max_bad_steps=3))

@@ -1,0 +1,514 @@
+"""
+Train the speech recogniser: the joint CE/CTC recipe of SozKZ OmniAudio v2 (SPEC sections 4 and 7).
+
+    python train.py --preset 300m --stage ctc --train train.jsonl --valid valid.jsonl --out runs/ctc
+    python train.py --preset 300m --stage e2e --init runs/ctc/best --train ... --out runs/e2e
+    torchrun --nproc_per_node 2 train.py ...          (DistributedDataParallel: NCCL on GPUs, gloo on CPU)
+
+Stages: `ctc` trains the encoder and CTC head on CTC alone; `e2e` starts from it and trains encoder, projector and
+CTC head on 0.7 CE + 0.3 CTC through the frozen Llama decoder. The original's flaws are fixed by default, each behind
+a flag (--no-masks --no-vocab-fix --label-smoothing 0 give back the original's maths):
+  --masks           padding masks in encoder and decoder, true lengths for CTC (the original had none)
+  --vocab-fix       decoder rows the base Llama lacks (ids >= 50257 in the release) are trainable; the rest stays frozen
+  --label-smoothing 0.1 is actually applied (the original configured it and applied none)
+CE logits are computed only at the text positions (the original projected every audio frame onto 100k ids).
+Gradient accumulation normalises by the tokens (CE) and utterances (CTC) of the whole accumulation window, so
+batch 2 x accumulation 2 gives the same update as batch 4 x 1.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dataset import BatchSampler, collate, open_dataset
+from decoder import load_llama
+from encoder import ENCODER_PRESETS, EncoderConfig
+from model import ASRModel, extra_rows, load_model, save_model
+from tokenizer import Tokenizer
+
+
+def arg(default, help):
+    return field(default=default, metadata=dict(help=help))
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    stage: str = arg("e2e", "ctc: encoder + CTC head on CTC alone; e2e: 0.7 CE + 0.3 CTC through the frozen decoder")
+    train: str = arg("", "training data: a JSONL manifest or parquet mel files (SPEC section 7)")
+    valid: str = arg("", "validation data, same formats (optional)")
+    tokenizer: str = arg("", "tokenizer file: sentencepiece .model or Hugging Face tokenizer.json")
+    decoder: str = arg("", "Hugging Face Llama folder of the frozen decoder")
+    init: str = arg("", "model folder to start from (e2e starts from the best ctc checkpoint)")
+    encoder: str = arg("300m", f"encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}")
+    out: str = arg("runs/asr", "output folder: checkpoint-{step}/, best/, log.jsonl")
+    # optimisation (the run behind checkpoint-92000, SPEC section 7)
+    batch_size: int = arg(12, "utterances per micro-batch (per process)")
+    grad_accum: int = arg(4, "micro-batches per optimiser step")
+    lr: float = arg(2e-4, "peak learning rate (AdamW)")
+    warmup: float = arg(0.05, "fraction of steps of linear warm-up, then linear decay to 0")
+    weight_decay: float = arg(0.01, "AdamW weight decay (matrices only, not norms or biases)")
+    clip: float = arg(1.0, "gradient-norm clipping")
+    epochs: int = arg(5, "passes over the training data")
+    max_steps: int = arg(0, "optimiser steps; 0 = epochs x steps per epoch")
+    ctc_weight: float = arg(0.3, "e2e loss = (1 - w) CE + w CTC")
+    label_smoothing: float = arg(0.1, "CE label smoothing (the original configured 0.1 but applied 0)")
+    max_seconds: float = arg(15.0, "training window: longer utterances are skipped, audio cut to this")
+    dropout: float = arg(0.1, "encoder dropout")
+    # the original's flaws, fixed by default
+    masks: bool = arg(True, "padding masks in encoder and decoder and true CTC lengths (--no-masks: the original)")
+    vocab_fix: bool = arg(True, "train the decoder rows the base Llama lacks (--no-vocab-fix: frozen mean rows)")
+    # augmentation (SPEC section 1)
+    speed_perturb: bool = arg(True, "speed perturbation x{0.9, 1.0, 1.1} (audio manifests only)")
+    spec_augment: bool = arg(True, "SpecAugment: 2 frequency masks <= 27 bins, 2 time masks <= 100 frames")
+    bucket: bool = arg(True, "length-bucketed batches (less padding)")
+    # running
+    device: str = arg("auto", "auto (cuda if present), cuda or cpu")
+    dtype: str = arg("auto", "autocast dtype: auto (bfloat16 on cuda, float32 on cpu), bfloat16, float32")
+    grad_checkpointing: bool = arg(False, "recompute encoder blocks in backward: less memory, ~30% more time")
+    save_every: int = arg(4000, "save a checkpoint every N optimiser steps")
+    keep: int = arg(3, "checkpoints kept (the best is kept apart in best/)")
+    eval_every: int = arg(0, "validate every N steps; 0 = once an epoch")
+    eval_wer: int = arg(50, "validation utterances decoded greedily for WER")
+    log_every: int = arg(10, "steps between log lines")
+    num_workers: int = arg(2, "DataLoader worker processes (features are computed there)")
+    seed: int = arg(42, "seed for initialisation, data order and augmentation")
+    max_bad_steps: int = arg(20, "stop after this many non-finite steps in a row")
+    resume: bool = arg(False, "continue from the newest checkpoint in --out")
+    stop_at: int = arg(0, "end this run after step N with a checkpoint (the schedule still follows --max-steps); "
+                          "continue with --resume")
+
+
+PRESETS = {
+    "300m": dict(encoder="300m"),  # the dataclass defaults are the released recipe
+    "teach": dict(encoder="teach", batch_size=16, grad_accum=1, lr=1e-3, warmup=0.05, epochs=8, max_seconds=15.0,
+                  save_every=200, eval_every=200, eval_wer=40, num_workers=1, speed_perturb=False),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the loss
+
+class Objective(nn.Module):
+    """The model and its loss in one forward, so DistributedDataParallel sees the whole computation."""
+
+    def __init__(self, model: ASRModel, cfg: TrainConfig, eos_id: int):
+        super().__init__()
+        self.model, self.cfg, self.eos_id = model, cfg, eos_id
+
+    def forward(self, mel, mel_lengths, tokens, token_lengths, n_tokens, n_items):
+        """
+        mel (B, 80, T), tokens (B, L) padded with 0; n_tokens / n_items: CE targets and utterances in the whole
+        accumulation window (all processes), so each micro-batch's loss is its share of the window's mean.
+        returns the loss to backpropagate and a dict of summed statistics
+        """
+        m, cfg = self.model, self.cfg
+        enc, audio, enc_lengths = m.encode(mel, mel_lengths if cfg.masks else None)
+        if enc_lengths is None:  # the original: every item as long as the padded batch
+            enc_lengths = torch.full((enc.shape[0],), enc.shape[1], device=enc.device)
+        ctc = ctc_loss(m.ctc_log_probs(enc), enc_lengths, tokens, token_lengths)
+        stats = dict(ctc=ctc.item())
+        if cfg.stage == "ctc":
+            return ctc / n_items, stats
+        ce = ce_loss(m.llm, audio, enc_lengths if cfg.masks else None, tokens, token_lengths, self.eos_id,
+                     cfg.label_smoothing)
+        stats["ce"] = ce.item()
+        return (1 - cfg.ctc_weight) * ce / n_tokens + cfg.ctc_weight * ctc / n_items, stats
+
+
+def ctc_loss(log_probs, lengths, tokens, token_lengths):
+    """Summed over utterances of (CTC loss / target length): PyTorch's 'mean' reduction before its batch mean."""
+    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=0,
+                      reduction="none", zero_infinity=True)  # (B,)
+    return (loss / token_lengths.clamp(min=1)).sum()
+
+
+def ce_loss(llm, audio, audio_lengths, tokens, token_lengths, eos_id, label_smoothing):
+    """
+    Summed CE of [audio | text] -> text + EOS (SPEC section 4): the output at the last audio frame predicts text[0],
+    the one at text[i] predicts text[i+1], the last one EOS. audio_lengths=None is the original: no mask, every
+    item's text starts after the padded audio. Only the L+1 predicting positions are projected onto the vocabulary.
+    """
+    B, Ta, D = audio.shape
+    L = tokens.shape[1]
+    x = torch.cat([audio, llm.embed(tokens).to(audio.dtype)], dim=1)  # (B, Ta+L, D)
+    ar_t, ar_a = torch.arange(L, device=x.device), torch.arange(Ta, device=x.device)
+    if audio_lengths is None:
+        positions = key_mask = None
+        last_audio = torch.full((B,), Ta - 1, device=x.device)
+    else:  # padded audio frames are hidden; each item's text continues at its own length
+        positions = torch.cat([ar_a.expand(B, Ta), audio_lengths[:, None] + ar_t], dim=1)  # (B, Ta+L)
+        key_mask = torch.cat([ar_a[None] < audio_lengths[:, None], torch.ones(B, L, dtype=torch.bool,
+                                                                              device=x.device)], dim=1)
+        last_audio = audio_lengths - 1
+    h = llm(x, positions=positions, key_mask=key_mask)  # (B, Ta+L, D)
+    where = torch.cat([last_audio[:, None], Ta + ar_t.expand(B, L)], dim=1)  # (B, L+1) predicting positions
+    h = h.gather(1, where[..., None].expand(B, L + 1, D))
+    targets = torch.cat([tokens, torch.zeros(B, 1, dtype=tokens.dtype, device=tokens.device)], dim=1)
+    j = torch.arange(L + 1, device=x.device)[None]
+    targets = torch.where(j < token_lengths[:, None], targets, -100)
+    targets = torch.where(j == token_lengths[:, None], eos_id, targets)  # (B, L+1)
+    logits = llm.logits(h)  # (B, L+1, V) float32
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum",
+                           label_smoothing=label_smoothing)
+
+
+def window_counts(window, device, ddp=False, world=1):
+    """CE targets (text + EOS) and utterances in an accumulation window, over all processes, divided by the number
+    of processes (DistributedDataParallel averages gradients over processes: this undoes it)."""
+    counts = torch.tensor([sum(float(b["token_lengths"].sum() + b["size"]) for b in window),
+                           sum(float(b["size"]) for b in window)], device=device)
+    if ddp:
+        dist.all_reduce(counts)
+    return (counts / world).tolist()
+
+
+def forward_backward(objective, window, n_tokens, n_items, ctx=nullcontext(), ddp=False):
+    """Backward over one accumulation window of micro-batches; the gradients are those of the window's mean loss.
+    DDP synchronises gradients only on the last micro-batch. Returns summed statistics."""
+    stats = dict(loss=0.0, ce=0.0, ctc=0.0, utts=0)
+    for i, b in enumerate(window):
+        sync = nullcontext() if not ddp or i == len(window) - 1 else objective.no_sync()
+        with sync, ctx:
+            loss, s = objective(b["mel"], b["mel_lengths"], b["tokens"], b["token_lengths"], n_tokens, n_items)
+        loss.backward()
+        stats["loss"] += loss.item()
+        for k in s:
+            stats[k] += s[k]
+        stats["utts"] += b["size"]
+    return stats
+
+
+def get_lr(step, cfg: TrainConfig, max_steps):
+    """Linear warm-up over the first `warmup` of the steps, then linear decay to 0 (as the original's scheduler)."""
+    warm = int(cfg.warmup * max_steps)
+    if step < warm:
+        return cfg.lr * step / max(1, warm)
+    return cfg.lr * max(0.0, (max_steps - step) / max(1, max_steps - warm))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# setup
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
+    """A fresh model (encoder preset + frozen decoder) or one loaded from --init; then choose what trains."""
+    if cfg.init:
+        model = load_model(cfg.init, decoder=cfg.decoder or None)
+    else:
+        if not cfg.decoder:
+            raise ValueError("--decoder (a Hugging Face Llama folder) is needed for a fresh model")
+        llm = load_llama(cfg.decoder)
+        if tokenizer.vocab_size > llm.vocab_size:
+            llm.extend_vocab(tokenizer.vocab_size, trainable=cfg.vocab_fix)
+        enc_cfg = EncoderConfig(**ENCODER_PRESETS[cfg.encoder], dropout=cfg.dropout)
+        torch.manual_seed(cfg.seed)
+        model = ASRModel(enc_cfg, llm, tokenizer.vocab_size)
+    if model.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{cfg.tokenizer}: {tokenizer.vocab_size} ids, but the model has {model.vocab_size}")
+    for m in model.encoder.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = cfg.dropout
+    for layer in model.encoder.layers:
+        layer.dropout = cfg.dropout
+    model.encoder.grad_checkpointing = cfg.grad_checkpointing
+    model.requires_grad_(False)
+    trained = [model.encoder, model.ctc_head] + ([model.projector] if cfg.stage == "e2e" else [])
+    for part in trained:
+        part.requires_grad_(True)
+    if cfg.stage == "e2e" and cfg.vocab_fix:
+        for rows in extra_rows(model.llm):  # only rows the base Llama lacks; base rows stay frozen
+            rows.requires_grad_(True)
+    return model
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    """AdamW; weight decay on matrices only (nanoGPT's rule: biases and norm gains are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [dict(params=[p for p in params if p.dim() >= 2], weight_decay=cfg.weight_decay),
+              dict(params=[p for p in params if p.dim() < 2], weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
+
+
+def make_loader(dataset, cfg: TrainConfig, rank, world, shuffle=True):
+    batch_size = cfg.batch_size
+    sampler = BatchSampler(dataset.durations(), batch_size, cfg.seed, cfg.bucket and shuffle, rank, world)
+    if not shuffle:
+        sampler.bucket = False
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed))  # own generator: the global RNG stays for dropout
+    return loader, sampler
+
+
+def batches_forever(loader, sampler, dataset, pos):
+    """Yield batches across epochs; `pos` (epoch, batch) is updated as batches are consumed, for checkpoints."""
+    while True:
+        sampler.epoch = dataset.epoch = pos["epoch"]
+        sampler.start = pos["batch"]
+        for batch in loader:
+            pos["batch"] += 1
+            yield batch
+        pos["epoch"] += 1
+        pos["batch"] = 0
+
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoints: checkpoint-{step}/ = a model folder + trainer.pt (optimiser, RNG, data position, config)
+
+def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
+    """Write into a temporary folder, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+               extra_config=dict(stage=cfg.stage, step=step))
+    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg),
+                 rng=dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                          cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+                 **(extra or {}))
+    torch.save(state, tmp / "trainer.pt")
+    old = path.with_name(f".old-{path.name}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out):
+    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def load_trainer_state(path, model, optimizer):
+    """Weights (strictly), optimiser and RNG states; returns the trainer dict (step, data position, ...)."""
+    loaded = load_model(path, decoder=None)
+    own = loaded.own_state_dict()
+    missing = set(model.own_state_dict()) ^ set(own)
+    if missing:
+        raise ValueError(f"{path}: checkpoint does not match the model: {', '.join(sorted(missing))}")
+    model.load_state_dict(own, strict=False)
+    state = torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+def prune_checkpoints(out, keep):
+    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    for p in ckpts[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation
+
+@torch.no_grad()
+def validate(objective, loader, cfg, device, ctx, tokenizer, n_wer):
+    """Mean validation loss over the whole set, and greedy WER/CER on the first n_wer utterances."""
+    from decode import ctc_greedy, greedy_batch
+    from wer import char_stats, word_stats
+
+    model = objective.model
+    model.eval()
+    tot = dict(loss=0.0, n=0)
+    wer_errs = wer_len = cer_errs = cer_len = 0
+    for batch in loader:
+        if not batch["size"]:
+            continue
+        batch = to_device(batch, device)
+        n_tok = float(batch["token_lengths"].sum() + batch["size"])
+        with ctx:
+            loss, _ = objective(batch["mel"], batch["mel_lengths"], batch["tokens"], batch["token_lengths"],
+                                n_tok, float(batch["size"]))
+        tot["loss"] += loss.item() * batch["size"]
+        tot["n"] += batch["size"]
+        if n_wer > 0:
+            lengths = batch["mel_lengths"]
+            if cfg.stage == "ctc":
+                enc, _, enc_len = model.encode(batch["mel"], lengths)
+                hyps = ctc_greedy(model.ctc_log_probs(enc), enc_len)
+            else:
+                hyps = greedy_batch(model, batch["mel"], lengths)
+            for b in range(batch["size"]):
+                ref = tokenizer.decode(batch["tokens"][b, : batch["token_lengths"][b]].tolist())
+                hyp = tokenizer.decode(hyps[b])
+                w, c = word_stats(ref, hyp), char_stats(ref, hyp)
+                wer_errs, wer_len = wer_errs + w.errors, wer_len + w.ref_len
+                cer_errs, cer_len = cer_errs + c.errors, cer_len + c.ref_len
+            n_wer -= batch["size"]
+    model.train()
+    return dict(valid_loss=tot["loss"] / max(1, tot["n"]), valid_wer=wer_errs / max(1, wer_len),
+                valid_cer=cer_errs / max(1, cer_len))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the loop
+
+def train(cfg: TrainConfig):
+    # processes: torchrun sets RANK/WORLD_SIZE; one process otherwise
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = 0, 1
+    if ddp:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    master = rank == 0
+    dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+             "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
+    ctx = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else nullcontext()
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    # data and model
+    tokenizer = Tokenizer.load(cfg.tokenizer)
+    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed)
+    train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb, **audio)
+    valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
+    loader, sampler = make_loader(train_set, cfg, rank, world)
+    steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
+    max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    model = build_model(cfg, tokenizer).to(device)
+    model.train()
+    objective = Objective(model, cfg, tokenizer.eos_id)
+    if ddp:
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device] if "cuda" in device else None)
+    optimizer = make_optimizer(model, cfg)
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    step, pos, best = 0, dict(epoch=0, batch=0), float("inf")
+    out = Path(cfg.out)
+    if cfg.resume and latest_checkpoint(out):
+        state = load_trainer_state(latest_checkpoint(out), model, optimizer)
+        step, pos, best = state["step"], state["pos"], state.get("best", best)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
+              f"({train_set.skipped} skipped), {steps_per_epoch} steps/epoch, {max_steps} steps, device {device}")
+    log = open(out / "log.jsonl", "a") if master else None
+    data = batches_forever(loader, sampler, train_set, pos)
+    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
+    bad_in_a_row, n_bad_rows, t0, utts = 0, 0, time.time(), 0
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    end = min(max_steps, cfg.stop_at) if cfg.stop_at else max_steps
+    while step < end:
+        lr = get_lr(step, cfg, max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # one optimiser step: grad_accum micro-batches, normalised by the whole window's tokens and utterances
+        window = [to_device(next(data), device) for _ in range(cfg.grad_accum)]
+        n_bad_rows += sum(b["n_bad"] for b in window)
+        window = [b for b in window if b["size"]]
+        n_tokens, n_items = window_counts(window, device, ddp, world)
+        stats = forward_backward(objective, window, n_tokens, n_items, ctx, ddp)
+        utts += stats["utts"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+        finite = torch.tensor(float(math.isfinite(stats["loss"]) and torch.isfinite(grad_norm)), device=device)
+        if ddp:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() and window:
+            optimizer.step()
+            bad_in_a_row = 0
+        else:
+            bad_in_a_row += 1
+            if master:
+                tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({bad_in_a_row} in a row)")
+            if bad_in_a_row >= cfg.max_bad_steps:
+                raise SystemExit(f"error: {bad_in_a_row} non-finite steps in a row; last good checkpoint in {out}")
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if master:
+            rec = dict(step=step, epoch=pos["epoch"], lr=lr, loss=stats["loss"],
+                       ce=stats["ce"] / max(1, n_tokens), ctc=stats["ctc"] / max(1, n_items),
+                       grad_norm=float(grad_norm), utt_per_s=utts / (time.time() - t0), bad_rows=n_bad_rows)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", ce=f"{rec['ce']:.3f}", ctc=f"{rec['ctc']:.3f}",
+                            lr=f"{lr:.2e}", utt_s=f"{rec['utt_per_s']:.1f}")
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == max_steps:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+        if step % eval_every == 0 or step == max_steps:
+            if master and valid_set is not None:
+                vloader, _ = make_loader(valid_set, cfg, 0, 1, shuffle=False)
+                v = validate(objective if not ddp else objective.module, vloader, cfg, device, ctx, tokenizer,
+                             cfg.eval_wer)
+                tqdm.write(f"step {step}: " + " ".join(f"{k} {x:.4f}" for k, x in v.items()))
+                log.write(json.dumps(dict(step=step, **v)) + "\n")
+                log.flush()
+                if v["valid_loss"] < best:
+                    best = v["valid_loss"]
+                    save_model(model, out / "best", tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                               extra_config=dict(stage=cfg.stage, step=step, **v))
+        if master and (step % cfg.save_every == 0 or step == end):
+            save_checkpoint(out / f"checkpoint-{step}", model, optimizer, step, pos, cfg, extra=dict(best=best))
+            prune_checkpoints(out, cfg.keep)
+        if ddp:
+            dist.barrier()
+    bar.close()
+    if master:
+        print(f"done: {step} steps, {n_bad_rows} bad rows skipped, checkpoints in {out}")
+    if ddp:
+        dist.destroy_process_group()
+    return model
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="300m", choices=list(PRESETS),
+                   help="300m: the released recipe (SPEC section 7); teach: the small CPU teaching model")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        helptext = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        else:
+            p.add_argument(flag, type=type(f.default), default=None, help=helptext)
+    a = vars(p.parse_args(argv))
+    cfg = TrainConfig(**PRESETS[a.pop("preset")])
+    for k, v in a.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if cfg.stage not in ("ctc", "e2e"):
+        p.error(f"--stage must be ctc or e2e, not {cfg.stage}")
+    if not cfg.train or not cfg.tokenizer:
+        p.error("--train and --tokenizer are required")
+    return cfg
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except ValueError as e:  # bad input: one line, no traceback
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
