@@ -181,3 +181,24 @@ def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, mode
             if os.path.exists(tmp_prefix + ext):
                 os.remove(tmp_prefix + ext)
     return model_prefix + ".model"
+
+
+def main(argv=None):
+    """`python tokenizer.py --text lm.txt --vocab-size 1024 --out runs/teach/tokenizer`: train a sentencepiece model."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(description="Train a sentencepiece tokenizer with the release's id layout "
+                                            "(eos/blank 0, pad 1, bos 2, unk 3) on normalised text.")
+    p.add_argument("--text", required=True, help="normalised text, one sentence a line")
+    p.add_argument("--out", required=True, help="output prefix: writes OUT.model and OUT.vocab")
+    p.add_argument("--vocab-size", type=int, default=1024, help="pieces, incl. 256 byte pieces (default: %(default)s)")
+    p.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe", help="(default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        print(train_sentencepiece(args.text, args.out, args.vocab_size, args.model_type))
+    except (ValueError, RuntimeError) as e:
+        sys.exit(f"error: {str(e).splitlines()[0]}")
+
+
+if __name__ == "__main__":
+    main()
