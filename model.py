@@ -141,6 +141,7 @@ def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decod
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone
     try:
         sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
               for k, v in model.own_state_dict().items()}
