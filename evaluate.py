@@ -1,4 +1,4 @@
-"""Score ASR output: corpus WER and CER with bootstrap intervals, and the FLEURS test reader.
+"""Score ASR output, or decode a test set and score it: corpus WER and CER with bootstrap intervals.
 
 What it follows: SPEC §10. References and hypotheses are normalised alike (SPEC §5), then WER and
 CER are corpus-level, total edits / total reference words or characters (spaces count), equal to
@@ -6,9 +6,18 @@ jiwer's (see wer.py). Intervals come from the percentile bootstrap over utteranc
 
     python evaluate.py --ref refs.txt --hyp hyps.txt            # one utterance a line, same order
     python evaluate.py --ref refs.tsv --hyp hyps.tsv --json     # or id<TAB>text lines, matched by id
+    python evaluate.py --manifest data/synth/test.jsonl --mode joint --out results.jsonl
+    python evaluate.py --fleurs data/kk_kz --max-samples 200 --mode reference     # the card's protocol
+    python evaluate.py --compare A.jsonl B.jsonl                # paired bootstrap of two --out files
 
-What it does not do (yet): decode audio. `read_fleurs` reads google/fleurs' `test.tsv` and its
-audio for that mode; the decoding itself lives in the model's code.
+A decoding run takes every decode.py flag (the model, --mode, --chunked, --window, ...), decodes
+through decode.Transcriber in groups of --batch-size files (sorted by length, so batches pad
+little), and reports WER/CER with intervals, S/D/I counts, the real-time factor (decode wall time /
+audio seconds, on the device named), a README table row, the worst utterances and, with --out, one
+JSON line per utterance. A file that cannot be read is reported on stderr, counted as failed and
+scored as an empty hypothesis: a broken clip costs its words, as it would in a real system.
+
+What it does not do: decoding itself (decode.py, search.py) or text normalisation (tokenizer.py).
 """
 import argparse
 import atexit
@@ -19,12 +28,17 @@ import shutil
 import sys
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass
 
 import numpy as np
+import soundfile as sf
+import torch
+from tqdm import tqdm
 
+import decode
 from tokenizer import normalize
-from wer import ErrorStats, corpus_stats, format_worst
+from wer import ErrorStats, char_stats, corpus_stats, format_worst, word_stats
 
 
 class EvalInputError(ValueError):
@@ -256,28 +270,266 @@ def format_summary(s: Scores) -> str:
     return "\n".join(lines)
 
 
+def format_table(name: str, s: Scores, rtf: float | None, device: str, failed: int = 0) -> str:
+    """A markdown row for the README, under its header: | system | n | WER % [95 % CI] | CER % [95 % CI] | RTF |"""
+    def cell(total: ErrorStats, ci):
+        interval = f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else ""
+        return f"{100 * total.rate:.2f}{interval}"
+    n = f"{len(s.words)}" + (f" ({failed} failed)" if failed else "")
+    speed = f"{rtf:.3f} ({device})" if rtf is not None else "-"
+    return ("| system | n | WER % [95 % CI] | CER % [95 % CI] | RTF |\n|---|---|---|---|---|\n"
+            f"| {name} | {n} | {cell(s.word_total, s.wer_ci)} | {cell(s.char_total, s.cer_ci)} | {speed} |")
+
+
+# --- test sets for decoding runs -------------------------------------------------------------
+
+@dataclass
+class Utterance:
+    id: str            # unique in the set: the manifest's "id" (else audio_filepath as written); FLEURS' wav name
+    audio: str         # path of the audio file
+    reference: str     # normalised (SPEC §5)
+
+
+def read_manifest(path: str, max_samples: int | None = None) -> list[Utterance]:
+    """NeMo JSONL (audio_filepath relative to the manifest's folder, or absolute; text) -> its first rows.
+
+    The rows are kept whether or not their audio exists: a missing file is a failed utterance.
+    """
+    if not os.path.isfile(path):
+        raise EvalInputError(f"{path}: no such file")
+    folder, utts, seen = os.path.dirname(os.path.abspath(path)), [], set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                audio, text = row["audio_filepath"], row["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise EvalInputError(f"{path}: line {lineno} is not a manifest line "
+                                     "(JSON with audio_filepath and text)") from None
+            key = str(row.get("id", audio))
+            if key in seen:
+                raise EvalInputError(f"{path}: line {lineno}: utterance {key!r} appears twice")
+            seen.add(key)
+            utts.append(Utterance(key, os.path.join(folder, audio), normalize(text)))  # join keeps an absolute path
+            if max_samples is not None and len(utts) == max_samples:
+                break
+    return utts
+
+
+def fleurs_utterances(folder: str, split: str = "test", max_samples: int | None = None,
+                      extract_dir: str | None = None) -> list[Utterance]:
+    """SPEC §10's rows as utterances; the wav name is the id (FLEURS repeats sentence ids across speakers)."""
+    if not os.path.isdir(folder):
+        raise EvalInputError(f"{folder}: no such folder")
+    return [Utterance(r.file, r.audio, r.reference) for r in read_fleurs(folder, split, max_samples, extract_dir)]
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+@dataclass
+class DecodeRun:
+    hyps: list[str]              # normalised; "" for a failed utterance
+    errors: list[str | None]     # the one-line problem of a failed utterance
+    durations: list[float]       # seconds of audio (0.0 when unreadable)
+    seconds: float               # wall time of the decoding, model loading excluded
+    device: str
+
+    @property
+    def failed(self) -> int:
+        return sum(e is not None for e in self.errors)
+
+    @property
+    def audio_seconds(self) -> float:
+        """Seconds of audio decoded (failed files left out)."""
+        return sum(d for d, e in zip(self.durations, self.errors) if e is None)
+
+    @property
+    def rtf(self) -> float | None:
+        """Decode wall time / seconds of audio decoded: 0.1 means ten times faster than real time."""
+        return self.seconds / self.audio_seconds if self.audio_seconds > 0 else None
+
+
+def audio_seconds(path: str) -> float:
+    """Duration from the file's header; 0.0 when it cannot be read (decoding then reports why)."""
+    try:
+        info = sf.info(path)
+        return info.frames / info.samplerate
+    except (RuntimeError, OSError):   # sf.LibsndfileError is a RuntimeError
+        return 0.0
+
+
+def device_name(transcriber) -> str:
+    if transcriber.device.type == "cuda":
+        return torch.cuda.get_device_name(transcriber.device)
+    n = torch.get_num_threads()
+    return f"cpu, {n} thread" + ("s" if n != 1 else "")
+
+
+def decode_utterances(transcriber, utts: list[Utterance]) -> DecodeRun:
+    """Transcribe every utterance, batch-size files at a time so the progress bar moves."""
+    durations = [audio_seconds(u.audio) for u in utts]
+    order = sorted(range(len(utts)), key=lambda k: durations[k])   # similar lengths share a batch
+    hyps, errors = [""] * len(utts), [None] * len(utts)
+    size = max(1, transcriber.opt.batch_size)
+    start = time.perf_counter()
+    # tqdm shows the bar on a terminal only (disable=None), so logs and pipes stay clean
+    with tqdm(total=len(utts), unit="utt", desc="decoding", file=sys.stderr, disable=None) as bar:
+        for g in range(0, len(order), size):
+            group = order[g: g + size]
+            for k, r in zip(group, transcriber.transcribe([utts[k].audio for k in group])):
+                if "error" in r:
+                    errors[k] = r["error"]
+                    bar.write(f"evaluate.py: {r['error']} (scored as an empty hypothesis)", file=sys.stderr)
+                else:
+                    hyps[k] = normalize(r["text"])
+            bar.update(len(group))
+    seconds = time.perf_counter() - start   # the texts are on the host: any GPU work has finished
+    return DecodeRun(hyps, errors, durations, seconds, device_name(transcriber))
+
+
+def utterance_rows(utts: list[Utterance], run: DecodeRun, s: Scores) -> list[dict]:
+    """One dict per utterance for --out: the texts, both error counts, the duration."""
+    rows = []
+    for u, hyp, err, dur, w, c in zip(utts, run.hyps, run.errors, run.durations, s.words, s.chars):
+        row = {"id": u.id, "audio": u.audio, "ref": u.reference, "hyp": hyp, "duration": round(dur, 3),
+               "word_errors": w.errors, "subs": w.subs, "dels": w.dels, "ins": w.ins, "ref_words": w.ref_len,
+               "char_errors": c.errors, "char_subs": c.subs, "char_dels": c.dels, "char_ins": c.ins,
+               "ref_chars": c.ref_len}
+        if err is not None:
+            row["error"] = err
+        rows.append(row)
+    return rows
+
+
+def write_jsonl(path: str, rows: list[dict]):
+    """Atomically: a temporary file in the same folder, then os.replace (a reader never sees half a file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# --- comparing two runs ----------------------------------------------------------------------
+
+def read_results(path: str) -> dict[str, tuple[str, str]]:
+    """An --out file -> {id: (ref, hyp)}, in file order; "audio" stands in for a missing "id"."""
+    out = {}
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            key, ref, hyp = str(row["id"] if "id" in row else row["audio"]), row["ref"], row["hyp"]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise EvalInputError(f"{path}: line {lineno} is not a result line (JSON with id, ref, hyp)") from None
+        if key in out:
+            raise EvalInputError(f"{path}: utterance {key!r} appears twice")
+        out[key] = (ref, hyp)
+    if not out:
+        raise EvalInputError(f"{path}: no utterances")
+    return out
+
+
+def compare(path_a: str, path_b: str, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Corpus WER/CER of two --out files over the utterances both hold, and how often A beats B.
+
+    The texts are rescored (the counts in the files are for reading); a and b must share references.
+    """
+    a, b = read_results(path_a), read_results(path_b)
+    shared = [k for k in a if k in b]
+    if not shared:
+        raise EvalInputError(f"{path_b}: no utterance in common with {path_a}")
+    for k in shared:
+        if a[k][0] != b[k][0]:
+            raise EvalInputError(f"{path_b}: utterance {k!r} has another reference than in {path_a}")
+    refs = [a[k][0] for k in shared]
+    out = {"n": len(shared), "only_a": len(a) - len(shared), "only_b": len(b) - len(shared), "resamples": n_boot}
+    for unit, one in (("wer", word_stats), ("cer", char_stats)):
+        sa = [one(r, a[k][1]) for r, k in zip(refs, shared)]
+        sb = [one(r, b[k][1]) for r, k in zip(refs, shared)]
+        out[f"{unit}_a"], out[f"{unit}_b"] = _finite(sum(sa).rate), _finite(sum(sb).rate)
+        # ties are not wins: identical systems give 0.0 both ways
+        out[f"a_better_{unit}"] = paired_bootstrap(sa, sb, n_boot, seed) if n_boot else None
+    return out
+
+
+def format_compare(c: dict, path_a: str, path_b: str) -> str:
+    def pct(x):
+        return f"{100 * x:6.2f}%" if x is not None else "    inf"
+    lines = [f"A = {path_a}", f"B = {path_b}",
+             f"shared utterances {c['n']} (only in A {c['only_a']}, only in B {c['only_b']})"]
+    for unit in ("wer", "cer"):
+        p = c[f"a_better_{unit}"]
+        beats = f"  A better in {100 * p:.1f}% of {c['resamples']} paired resamples" if p is not None else ""
+        lines.append(f"{unit.upper()}  A {pct(c[f'{unit}_a'])}  B {pct(c[f'{unit}_b'])}{beats}")
+    return "\n".join(lines)
+
+
+# --- command line ----------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Corpus WER/CER of hypotheses against references (SPEC §10).")
-    p.add_argument("--ref", required=True,
-                   help="reference file: one utterance a line, or id<TAB>text lines (then matched by id)")
-    p.add_argument("--hyp", required=True, help="hypothesis file, in the same layout as --ref")
-    p.add_argument("--no-normalize", action="store_true",
-                   help="score the texts as they are (default: normalise both, SPEC §5)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
-    p.add_argument("--worst", type=int, default=5, help="how many worst utterances to show (default 5)")
-    p.add_argument("--bootstrap", type=int, default=1000,
-                   help="bootstrap resamples for the 95%% intervals; 0 turns them off (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
+    p = argparse.ArgumentParser(
+        description="Corpus WER/CER (SPEC §10): of hypothesis files, of a model decoding a manifest or FLEURS, "
+                    "or two decoding runs compared.",
+        epilog="Decoding runs: a row whose audio is missing or unreadable is reported on stderr (one line), "
+               "counted as failed in the summary and scored as an empty hypothesis (all its words deleted); it "
+               "does not stop the run. Exit status: 0 done, 2 bad input, arguments or model.")
+    what = p.add_argument_group("what to score (one of)")
+    src = what.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ref", help="reference file: one utterance a line, or id<TAB>text lines (then matched by id)")
+    src.add_argument("--manifest", metavar="JSONL",
+                     help="decode a NeMo manifest: JSON lines with audio_filepath (relative to the manifest's "
+                          "folder, or absolute) and text, optionally id")
+    src.add_argument("--fleurs", metavar="DIR",
+                     help="decode google/fleurs kk_kz: DIR/<split>.tsv and DIR/audio/<split>/ or "
+                          "DIR/audio/<split>.tar.gz (SPEC §10)")
+    src.add_argument("--compare", nargs=2, metavar=("A.jsonl", "B.jsonl"),
+                     help="two --out files: WER/CER of each over the utterances both hold (matched by id) and "
+                          "the fraction of paired bootstrap resamples in which A is strictly better")
+    what.add_argument("--hyp", help="with --ref: hypothesis file, in the same layout as --ref")
+    what.add_argument("--no-normalize", action="store_true",
+                      help="with --ref: score the texts as they are (default: normalise both, SPEC §5; decoding "
+                           "runs always normalise)")
+    data = p.add_argument_group("test set (decoding runs)")
+    data.add_argument("--split", default="test", help="with --fleurs: which split's tsv and audio (default: test)")
+    data.add_argument("--max-samples", type=int, default=None, metavar="N",
+                      help="decode only the first N rows, in file order; with --fleurs the first N whose audio "
+                           "exists, the card's '200 samples' (default: all)")
+    data.add_argument("--extract-dir", default=None, metavar="DIR",
+                      help="with --fleurs and a .tar.gz: extract the kept wavs here (default: a temporary folder "
+                           "removed at exit)")
+    decode.add_decoding_args(p)
+    out = p.add_argument_group("report")
+    out.add_argument("--name", default=None,
+                     help="system column of the README row (default: the model folder's name and the mode)")
+    out.add_argument("--out", default=None, metavar="JSONL",
+                     help="decoding runs: write one JSON line per utterance (id, audio, ref, hyp, duration, word "
+                          "and character S/D/I counts, error if it failed), atomically")
+    out.add_argument("--json", action="store_true", help="print one JSON summary object instead of the text report")
+    out.add_argument("--worst", type=int, default=5, help="how many worst utterances to show (default 5)")
+    out.add_argument("--bootstrap", type=int, default=1000,
+                     help="bootstrap resamples for the 95%% intervals and --compare; 0 turns them off "
+                          "(default 1000)")
+    out.add_argument("--seed", type=int, default=0, help="bootstrap random seed (default 0)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        ids, refs, hyps = read_pair(args.ref, args.hyp)
-    except EvalInputError as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
+def _system_name(args) -> str:
+    model = os.path.basename(os.path.normpath(args.model)) if args.model else \
+        ("release" if args.checkpoint else "teach")
+    return f"{model}, {args.mode}" + (", chunked" if args.chunked and args.mode == "reference" else "")
+
+
+def run_scoring(args) -> int:
+    ids, refs, hyps = read_pair(args.ref, args.hyp)
     if not args.no_normalize:
         refs, hyps = [normalize(t) for t in refs], [normalize(t) for t in hyps]
     s = score(refs, hyps, n_boot=args.bootstrap, seed=args.seed)
@@ -289,6 +541,64 @@ def main(argv: list[str] | None = None) -> int:
     if worst:
         print(f"\nworst utterances (most word errors first):\n\n{worst}")
     return 0
+
+
+def run_decoding(args) -> int:
+    if args.manifest:
+        utts = read_manifest(args.manifest, args.max_samples)
+    else:
+        utts = fleurs_utterances(args.fleurs, args.split, args.max_samples, args.extract_dir)
+    if not utts:
+        raise EvalInputError(f"{args.manifest or args.fleurs}: no utterances to decode")
+    transcriber = decode.load(args)       # after the data: a bad path fails before the model loads
+    run = decode_utterances(transcriber, utts)
+    refs = [u.reference for u in utts]
+    s = score(refs, run.hyps, n_boot=args.bootstrap, seed=args.seed)
+    if args.out:
+        write_jsonl(args.out, utterance_rows(utts, run, s))
+    name = args.name or _system_name(args)
+    table = format_table(name, s, run.rtf, run.device, run.failed)
+    if args.json:
+        summary = {"name": name, **to_json(s), "failed": run.failed, "audio_seconds": run.audio_seconds,
+                   "decode_seconds": run.seconds, "rtf": run.rtf, "device": run.device,
+                   "mode": args.mode, "table": table, "out": args.out}
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    failed = f"  ({run.failed} failed: scored as empty hypotheses)" if run.failed else ""
+    speed = f"RTF {run.rtf:.4f}" if run.rtf is not None else "RTF -"
+    print(f"{name} on {args.manifest or args.fleurs}{failed}")
+    print(format_summary(s))
+    print(f"{speed} on {run.device} ({run.seconds:.2f} s to decode {run.audio_seconds:.1f} s of audio)")
+    print(f"\n{table}")
+    worst = format_worst(refs, run.hyps, k=args.worst, ids=[u.id for u in utts]) if args.worst > 0 else ""
+    if worst:
+        print(f"\nworst utterances (most word errors first):\n\n{worst}")
+    if args.out:
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def run_compare(args) -> int:
+    a, b = args.compare
+    c = compare(a, b, n_boot=args.bootstrap, seed=args.seed)
+    print(json.dumps({"a": a, "b": b, **c}, ensure_ascii=False) if args.json else format_compare(c, a, b))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.ref) != bool(args.hyp):
+        parser.error("--ref and --hyp go together")
+    try:
+        if args.ref:
+            return run_scoring(args)
+        if args.compare:
+            return run_compare(args)
+        return run_decoding(args)
+    except ValueError as e:   # EvalInputError, and the model's and tokenizer's one-line errors
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""evaluate.py: the CLI on small files, the FLEURS reader on a folder built here, the bootstrap."""
+"""evaluate.py: scoring files, the FLEURS reader on a folder built here, the bootstrap, decoding runs of a tiny
+random model (test_decode's fixture) over a manifest and a FLEURS-shaped folder, and --compare."""
 import json
 import os
 import subprocess
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+import decode
 from evaluate import EvalInputError, bootstrap_ci, main, paired_bootstrap, read_fleurs, read_pair
-from wer import ErrorStats, corpus_stats
+from test_decode import KAZAKH, one_thread, tiny, wave  # noqa: F401 (fixtures: the tiny model folder, one thread)
+from tokenizer import normalize
+from wer import ErrorStats, char_stats, corpus_stats, word_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 REFS = ["Сәлем, әлем!", "бүгін ауа райы жақсы", "мектепте 6,5 сағат оқимыз", "ұлы дала елі"]
@@ -20,8 +24,17 @@ HYPS = ["сәлем элем", "бүгін ауа райы жақсы", "мек�
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=60)
+    """A real process: exit status and stderr as a user sees them (2 s of imports, so only where that matters)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, env=env)
+
+
+def _main(capsys, *args):
+    """main(argv) in this process -> (exit status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def _write(path: Path, lines):
@@ -29,11 +42,11 @@ def _write(path: Path, lines):
     return str(path)
 
 
-def test_cli_json_matches_jiwer(tmp_path):
+def test_cli_json_matches_jiwer(tmp_path, capsys):
     ref, hyp = _write(tmp_path / "ref.txt", REFS), _write(tmp_path / "hyp.txt", HYPS)
-    r = _run("--ref", ref, "--hyp", hyp, "--json")
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout)
+    code, stdout, err = _main(capsys, "--ref", ref, "--hyp", hyp, "--json")
+    assert code == 0, err
+    out = json.loads(stdout)
     norm_refs = ["сәлем әлем", "бүгін ауа райы жақсы", "мектепте 6 5 сағат оқимыз", "ұлы дала елі"]
     w, c = jiwer.process_words(norm_refs, HYPS), jiwer.process_characters(norm_refs, HYPS)
     assert out["n"] == 4
@@ -43,21 +56,21 @@ def test_cli_json_matches_jiwer(tmp_path):
     assert out["wer_ci"][0] <= out["wer"] <= out["wer_ci"][1]
 
 
-def test_cli_no_normalize_and_text_report(tmp_path):
+def test_cli_no_normalize_and_text_report(tmp_path, capsys):
     ref, hyp = _write(tmp_path / "ref.txt", REFS), _write(tmp_path / "hyp.txt", HYPS)
-    raw = json.loads(_run("--ref", ref, "--hyp", hyp, "--json", "--no-normalize").stdout)
+    raw = json.loads(_main(capsys, "--ref", ref, "--hyp", hyp, "--json", "--no-normalize")[1])
     assert raw["wer"] == pytest.approx(jiwer.wer(REFS, HYPS))        # "Сәлем," != "сәлем"
-    r = _run("--ref", ref, "--hyp", hyp, "--worst", "2")
-    assert r.returncode == 0 and "WER" in r.stdout and "CER" in r.stdout and "95% CI" in r.stdout
-    assert "REF: сәлем ӘЛЕМ" in r.stdout and "HYP: сәлем ЭЛЕМ" in r.stdout
+    code, out, _ = _main(capsys, "--ref", ref, "--hyp", hyp, "--worst", "2")
+    assert code == 0 and "WER" in out and "CER" in out and "95% CI" in out
+    assert "REF: сәлем ӘЛЕМ" in out and "HYP: сәлем ЭЛЕМ" in out
 
 
-def test_cli_ids_matched_in_any_order(tmp_path):
+def test_cli_ids_matched_in_any_order(tmp_path, capsys):
     ref = _write(tmp_path / "ref.tsv", [f"u{k}\t{t}" for k, t in enumerate(REFS)])
     hyp = _write(tmp_path / "hyp.tsv", [f"u{k}\t{HYPS[k]}" for k in (3, 1, 0, 2)])
     plain_ref, plain_hyp = _write(tmp_path / "r.txt", REFS), _write(tmp_path / "h.txt", HYPS)
-    by_id = json.loads(_run("--ref", ref, "--hyp", hyp, "--json").stdout)
-    by_line = json.loads(_run("--ref", plain_ref, "--hyp", plain_hyp, "--json").stdout)
+    by_id = json.loads(_main(capsys, "--ref", ref, "--hyp", hyp, "--json")[1])
+    by_line = json.loads(_main(capsys, "--ref", plain_ref, "--hyp", plain_hyp, "--json")[1])
     assert by_id == by_line
     ids, refs, hyps = read_pair(ref, hyp)
     assert ids == ["u0", "u1", "u2", "u3"] and hyps == HYPS
@@ -88,11 +101,11 @@ def test_cli_bad_input_one_line_exit_2(tmp_path, capsys, case, problem):
     assert problem in err and str(hyp) in err
 
 
-def test_empty_hypothesis_lines_are_kept(tmp_path):
+def test_empty_hypothesis_lines_are_kept(tmp_path, capsys):
     ref = _write(tmp_path / "ref.txt", ["бір екі", "үш"])
     hyp = tmp_path / "hyp.txt"
     hyp.write_text("\nүш\n", encoding="utf-8")           # first hypothesis is empty
-    out = json.loads(_run("--ref", ref, "--hyp", str(hyp), "--json").stdout)
+    out = json.loads(_main(capsys, "--ref", ref, "--hyp", hyp, "--json")[1])
     assert (out["deletions"], out["wer"]) == (2, pytest.approx(2 / 3))
 
 
@@ -187,3 +200,138 @@ def test_paired_bootstrap():
     assert paired_bootstrap(good, good, n=300) == 0.0            # a tie is never a win
     with pytest.raises(ValueError):
         paired_bootstrap(good, good[:-1])
+
+
+# --- decoding runs ------------------------------------------------------------------------
+
+GREEDY = ["--mode", "greedy", "--max-tokens", "6", "--batch-size", "2"]   # a tiny random model: few tokens
+
+
+def _direct(tiny, paths):
+    """The same files through decode.Transcriber, as the evaluation must have decoded them."""
+    t = decode.Transcriber(tiny.model, tiny.tok, decode.DecodeOptions(mode="greedy", max_tokens=6))
+    return [r["text"] for r in t.transcribe([str(p) for p in paths])]
+
+
+def test_manifest_run_end_to_end(tiny, tmp_path, capsys):
+    d = tmp_path / "set"
+    (d / "wav").mkdir(parents=True)
+    seconds = [1.4, 0.6, 1.0]                          # the first is the longest: batches sort by length
+    for i, s in enumerate(seconds):
+        sf.write(d / "wav" / f"u{i}.wav", wave(s, i).numpy(), 16000)
+    rows = [{"audio_filepath": "wav/u0.wav", "text": "Қазақстан, астана!"},
+            {"audio_filepath": "wav/missing.wav", "text": "Жоқ файл."},               # counted failed, scored empty
+            {"audio_filepath": "wav/u1.wav", "text": KAZAKH[1]},
+            {"audio_filepath": str(d / "wav" / "u2.wav"), "text": KAZAKH[2], "id": "abs"}]   # an absolute path
+    manifest = _write(d / "test.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
+    out = tmp_path / "res" / "results.jsonl"
+    code, stdout, err = _main(capsys, "--manifest", manifest, "--model", tiny.folder, *GREEDY, "--out", out,
+                              "--name", "tiny", "--json", "--bootstrap", 200)
+    assert code == 0, err
+    assert len(err.strip().splitlines()) == 1 and "missing.wav" in err and "scored as an empty hypothesis" in err
+    summary = json.loads(stdout)
+    for key in ("n", "wer", "cer", "wer_ci", "cer_ci", "substitutions", "deletions", "insertions", "failed",
+                "rtf", "device", "audio_seconds", "decode_seconds", "table"):
+        assert key in summary, key
+    assert summary["n"] == 4 and summary["failed"] == 1
+
+    res = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in res] == ["wav/u0.wav", "wav/missing.wav", "wav/u1.wav", "abs"]   # manifest order
+    assert [r["ref"] for r in res] == [normalize(r["text"]) for r in rows]
+    bad = res[1]
+    assert "error" in bad and bad["hyp"] == "" and (bad["dels"], bad["word_errors"], bad["ref_words"]) == (2, 2, 2)
+    good = [res[0], res[2], res[3]]
+    assert all("error" not in r for r in good)
+    assert [r["hyp"] for r in good] == _direct(tiny, [d / "wav" / f"u{i}.wav" for i in range(3)])
+    assert [r["duration"] for r in good] == pytest.approx(seconds, abs=1e-3)
+
+    # the summary is wer.py's scoring of what the file holds
+    refs, hyps = [r["ref"] for r in res], [r["hyp"] for r in res]
+    w, c = sum(corpus_stats(refs, hyps, "word")), sum(corpus_stats(refs, hyps, "char"))
+    assert summary["wer"] == pytest.approx(w.rate) and summary["cer"] == pytest.approx(c.rate)
+    assert (summary["substitutions"], summary["deletions"], summary["insertions"]) == (w.subs, w.dels, w.ins)
+    for r in res:
+        ws, cs = word_stats(r["ref"], r["hyp"]), char_stats(r["ref"], r["hyp"])
+        assert (r["subs"], r["dels"], r["ins"], r["ref_words"]) == (ws.subs, ws.dels, ws.ins, ws.ref_len)
+        assert (r["char_errors"], r["ref_chars"]) == (cs.errors, cs.ref_len)
+    assert summary["wer_ci"][0] <= summary["wer"] <= summary["wer_ci"][1]
+    assert summary["audio_seconds"] == pytest.approx(sum(seconds), abs=1e-3)
+    assert summary["rtf"] == pytest.approx(summary["decode_seconds"] / summary["audio_seconds"])
+    assert summary["table"].splitlines()[0] == "| system | n | WER % [95 % CI] | CER % [95 % CI] | RTF |"
+    assert summary["table"].splitlines()[2].startswith(f"| tiny | 4 (1 failed) | {100 * w.rate:.2f} [")
+    assert not [p for p in out.parent.iterdir() if p.name != "results.jsonl"]      # no temporary file left
+
+    code, text, _ = _main(capsys, "--manifest", manifest, "--model", tiny.folder, *GREEDY, "--bootstrap", 0)
+    assert code == 0 and "| system |" in text and "RTF" in text and "1 failed" in text
+    assert "REF: ЖОҚ ФАЙЛ" in text                                  # the worst utterance, all deleted
+
+
+def test_fleurs_run_first_rows_with_audio_in_file_order(tiny, tmp_path, capsys):
+    folder = tmp_path / "kk_kz"
+    (folder / "audio" / "test").mkdir(parents=True)
+    tsv = [("7", "long.wav", "Бірінші сөйлем.", "бірінші сөйлем"),
+           ("8", "gone.wav", "Жоқ.", "жоқ"),                          # no audio: skipped, not failed
+           ("7", "short.wav", "Бірінші сөйлем.", "бірінші сөйлем"),   # same sentence id, another speaker
+           ("9", "third.wav", "Үшінші!", "үшінші")]
+    (folder / "test.tsv").write_text("".join("\t".join(r + ("x", "1", "MALE")) + "\n" for r in tsv), encoding="utf-8")
+    for i, (name, s) in enumerate([("long.wav", 1.5), ("short.wav", 0.7), ("third.wav", 1.0)]):
+        sf.write(folder / "audio" / "test" / name, wave(s, i).numpy(), 16000)
+    out = tmp_path / "fleurs.jsonl"
+    code, stdout, err = _main(capsys, "--fleurs", folder, "--max-samples", 2, "--model", tiny.folder, *GREEDY,
+                              "--out", out, "--json", "--bootstrap", 0)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert (summary["n"], summary["failed"]) == (2, 0)
+    res = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["id"] for r in res] == ["long.wav", "short.wav"]
+    assert [r["ref"] for r in res] == ["бірінші сөйлем"] * 2
+    audio = folder / "audio" / "test"
+    assert [r["hyp"] for r in res] == _direct(tiny, [audio / "long.wav", audio / "short.wav"])
+
+
+def test_decoding_run_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
+    r = _run("--manifest", tmp_path / "none.jsonl", "--model", tiny.folder)     # a real process: no traceback
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"evaluate.py: error: {tmp_path / 'none.jsonl'}: no such file"
+    row = '{"audio_filepath": "a.wav", "text": "x"}'
+    empty, ok = _write(tmp_path / "empty.jsonl", [""]), _write(tmp_path / "ok.jsonl", [row])
+    notjson = _write(tmp_path / "bad.jsonl", [row, "not json"])
+    cases = [(["--manifest", empty, "--model", tiny.folder], "no utterances"),
+             (["--manifest", notjson, "--model", tiny.folder], "line 2 is not a manifest line"),
+             (["--fleurs", tmp_path / "nowhere", "--model", tiny.folder], "no such folder"),
+             (["--manifest", ok, "--model", tmp_path], "not a model folder")]
+    for args, problem in cases:
+        code, out, err = _main(capsys, *args)
+        assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and problem in err, err
+
+
+# --- --compare ----------------------------------------------------------------------------
+
+def _results(path: Path, rows):
+    _write(path, [json.dumps({"id": k, "ref": ref, "hyp": hyp}, ensure_ascii=False) for k, ref, hyp in rows])
+    return str(path)
+
+
+def test_compare_paired(tmp_path, capsys):
+    refs = {"a": "бір екі үш төрт", "b": "бес алты жеті", "c": "сегіз тоғыз он бір", "d": "жиырма отыз"}
+    # A drops the last word of each utterance, B the last two: A is strictly better on every one
+    better = {k: " ".join(r.split()[:-1]) for k, r in refs.items()}
+    worse = {k: " ".join(r.split()[:-2]) for k, r in refs.items()}
+    a = _results(tmp_path / "a.jsonl", [(k, refs[k], better[k]) for k in refs])
+    b = _results(tmp_path / "b.jsonl", [(k, refs[k], worse[k]) for k in reversed(list(refs))]   # any order
+                 + [("extra", "тек осында", "")])                                                  # only in B
+    code, out, err = _main(capsys, "--compare", a, b, "--json", "--bootstrap", 300)
+    assert code == 0, err
+    c = json.loads(out)
+    assert (c["n"], c["only_a"], c["only_b"]) == (4, 0, 1)
+    assert c["wer_a"] == pytest.approx(4 / 13) and c["wer_b"] == pytest.approx(8 / 13)
+    assert c["a_better_wer"] == 1.0 and c["a_better_cer"] == 1.0
+    reverse = json.loads(_main(capsys, "--compare", b, a, "--json", "--bootstrap", 300)[1])
+    assert reverse["a_better_wer"] == 0.0 and reverse["a_better_cer"] == 0.0
+    same = json.loads(_main(capsys, "--compare", a, a, "--json", "--bootstrap", 300)[1])
+    assert same["a_better_wer"] == 0.0 and same["a_better_cer"] == 0.0             # ties are not wins
+    code, text, _ = _main(capsys, "--compare", a, b, "--bootstrap", 300)
+    assert "A better in 100.0% of 300" in text
+    other = _results(tmp_path / "o.jsonl", [("a", "басқа мәтін", "")])
+    code, out, err = _main(capsys, "--compare", a, other)
+    assert code == 2 and "another reference" in err and len(err.strip().splitlines()) == 1

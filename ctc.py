@@ -1,0 +1,200 @@
+"""CTC at decoding time: greedy best path, prefix scores for joint CTC/attention search, forced alignment.
+
+- `ctc_greedy`: argmax per frame, repeats collapsed, blanks (id 0) dropped (Graves et al. 2006).
+- `CTCPrefixScorer`: the CTC prefix probability of growing hypotheses, the CTC half of one-pass joint
+  CTC/attention decoding (Watanabe et al. 2017, "Hybrid CTC/attention architecture for end-to-end speech
+  recognition", Algorithm 2; Hori et al. 2017; ESPnet's CTCPrefixScoreTH). The forward recursion runs over
+  time, vectorised over hypotheses and candidate tokens.
+- `forced_align`: the Viterbi path of known tokens through the CTC lattice -> the frames of each token;
+  `word_times` groups those into words (for --timestamps and for splicing long-form windows).
+
+Not here: CTC training (train.py), the beam search that uses the scorer (search.py).
+"""
+import torch
+
+BLANK = 0  # the CTC blank, the same id as EOS (SPEC §2, §6)
+NEG_INF = float("-inf")
+
+
+def ctc_greedy(log_probs: torch.Tensor, lengths: torch.Tensor | None = None) -> list[list[int]]:
+    """(B, T, V) log-probs, (B,) valid frames or None -> token ids per item: [0, 5, 5, 0, 5, 7, 7] -> [5, 5, 7]."""
+    best = log_probs.argmax(-1).cpu()  # (B, T)
+    out = []
+    for b in range(best.shape[0]):
+        path = best[b, : None if lengths is None else int(lengths[b])].tolist()
+        out.append([t for i, t in enumerate(path) if t != BLANK and (i == 0 or t != path[i - 1])])
+    return out
+
+
+def pad_as_blank(log_probs: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Frames past an item's end become certain blanks (log 1 for blank, log 0 elsewhere).
+
+    Forward variables pass through such frames unchanged and no label can start there, so a padded item
+    scores exactly as it would alone.
+    """
+    lp = log_probs.float()
+    if lengths is None:
+        return lp
+    pad = torch.arange(lp.shape[1], device=lp.device)[None, :] >= lengths.to(lp.device)[:, None]  # (B, T)
+    lp = lp.masked_fill(pad[:, :, None], NEG_INF)
+    lp[:, :, BLANK] = lp[:, :, BLANK].masked_fill(pad, 0.0)
+    return lp
+
+
+class CTCPrefixScorer:
+    """Prefix scores psi(h) = log P(the labelling of the whole utterance starts with h), many h at once.
+
+    Hypotheses are laid out (B, K): K per utterance. The state of a hypothesis h is its forward variables
+    r (B, K, T+1, 2): r[..., t+1, 0] = log r^n_t(h), the paths over frames 0..t labelled h whose frame t emits
+    h's last label, and r[..., t+1, 1] = log r^b_t(h), those whose frame t is a blank. Slot 0 stands for "before
+    the first frame": the empty prefix starts there with probability 1, so one recursion serves every step.
+    Memory: two (B, T, V) float32 tensors, ~150 MB each per 15 s utterance with the release's 100000 ids.
+    """
+
+    def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor | None = None):
+        self.log_probs = pad_as_blank(log_probs, lengths)  # (B, T, V)
+        self.probs = self.log_probs.exp()  # (B, T, V), for the full-vocabulary estimate in one matmul
+
+    def select(self, items: torch.Tensor) -> "CTCPrefixScorer":
+        """The scorer of these utterances only (finished ones leave a batch)."""
+        out = object.__new__(CTCPrefixScorer)
+        out.log_probs, out.probs = self.log_probs[items], self.probs[items]
+        return out
+
+    def initial_state(self, K: int) -> torch.Tensor:
+        """r (B, K, T+1, 2) of the empty prefix: r^n_t = 0 (log -inf), r^b_t = y_0^blank ... y_t^blank."""
+        B, T, _ = self.log_probs.shape
+        r = torch.full((B, K, T + 1, 2), NEG_INF, device=self.log_probs.device)
+        r[:, :, 0, 1] = 0.0
+        r[:, :, 1:, 1] = self.log_probs[:, :, BLANK].cumsum(1)[:, None, :]
+        return r
+
+    @staticmethod
+    def _phi(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Paths that may go on to a new label at frame t: (log r^n + r^b at t-1, log r^b at t-1), each (B, K, T).
+
+        The second is for a candidate equal to h's last label: a repeat needs a blank in between.
+        """
+        phi = torch.logaddexp(r[..., :-1, 0], r[..., :-1, 1])  # (B, K, T): frame t reads slot t = frame t-1
+        return phi, r[..., :-1, 1]
+
+    def score(self, r: torch.Tensor, last: torch.Tensor, cand: torch.Tensor, start: int = 0):
+        """
+        r : (B, K, T+1, 2) states; last : (B, K) last label of each h (-1 for the empty prefix)
+        cand : (B, K, M) candidate labels c; start : len(h), frames before which h + c cannot have begun
+        returns the states of h + c (B, K, M, T+1, 2) and psi(h + c) (B, K, M)
+        """
+        B, K, M = cand.shape
+        T = self.log_probs.shape[1]
+        y = self.log_probs.gather(2, cand.reshape(B, 1, K * M).expand(B, T, K * M))  # (B, T, K*M)
+        y = y.view(B, T, K, M).permute(0, 2, 3, 1)  # (B, K, M, T): log y_t^c
+        y_blank = self.log_probs[:, None, None, :, BLANK]  # (B, 1, 1, T)
+        phi, phi_repeat = self._phi(r)
+        phi = torch.where((cand == last[..., None])[..., None], phi_repeat[:, :, None], phi[:, :, None])  # (B, K, M, T)
+        # psi(h + c) = sum over the frame t where c starts: (paths labelled h up to t-1) * y_t^c
+        psi = torch.logsumexp(phi + y, dim=-1)  # (B, K, M)
+        none = torch.full((B, K, M), NEG_INF, device=r.device)
+        rn, rb = [none] * (start + 1), [none] * (start + 1)  # slots 0..start: h + c needs len(h) + 1 frames
+        ys, phis, blanks = y.unbind(-1), phi.unbind(-1), y_blank.unbind(-1)
+        for t in range(start, T):  # r^n_t = (r^n_{t-1} + phi_{t-1}) y_t^c ;  r^b_t = (r^b_{t-1} + r^n_{t-1}) y_t^blank
+            rn.append(torch.logaddexp(rn[-1], phis[t]) + ys[t])
+            rb.append(torch.logaddexp(rb[-1], rn[-2]) + blanks[t])
+        return torch.stack([torch.stack(rn, -1), torch.stack(rb, -1)], -1), psi
+
+    def estimate(self, r: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """psi(h + c) for every label c of the vocabulary at once: (B, K, V), as one matmul in the linear domain.
+
+        exp(phi - max) @ y in float32: terms below ~1e-38 of the largest vanish, so this is for ranking
+        (the pre-beam), not for the scores that are kept. The blank column is meaningless (the search
+        replaces it by the end probability).
+        """
+        phi, phi_repeat = self._phi(r)  # (B, K, T)
+        shift = phi.amax(-1, keepdim=True).clamp(min=-1e30)  # (B, K, 1); clamp keeps all -inf rows NaN-free
+        est = torch.bmm((phi - shift).exp(), self.probs).log() + shift  # (B, K, V)
+        # a repeat of the last label may start only after a blank: its column sums r^b alone
+        idx = last.clamp(min=0)  # (B, K); the empty prefix has no last label (-1)
+        y_last = self.probs.gather(2, idx[:, None, :].expand(-1, self.probs.shape[1], -1)).transpose(1, 2)  # (B, K, T)
+        rep = ((phi_repeat - shift).exp() * y_last).sum(-1).log() + shift[..., 0]  # (B, K)
+        keep = est.gather(2, idx[..., None])[..., 0]
+        est.scatter_(2, idx[..., None], torch.where(last >= 0, rep, keep)[..., None])
+        return est
+
+    @staticmethod
+    def end(r: torch.Tensor) -> torch.Tensor:
+        """log P(the labelling is exactly h) = log(r^n + r^b) at the last frame: (B, K, ...)."""
+        return torch.logaddexp(r[..., -1, 0], r[..., -1, 1])
+
+
+def forced_align(log_probs: torch.Tensor, tokens: list[int]) -> list[tuple[int, int]] | None:
+    """Viterbi alignment of tokens to frames: (T, V) log-probs -> [(first frame, last frame)] per token.
+
+    The CTC lattice: states blank, t1, blank, t2, ..., tL, blank; a state moves on by one, or skips a blank
+    between two different labels. None when the frames are too few for the tokens.
+    """
+    L, T = len(tokens), log_probs.shape[0]
+    if L == 0:
+        return []
+    lp = log_probs.float().cpu()
+    ext = torch.full((2 * L + 1,), BLANK, dtype=torch.long)
+    ext[1::2] = torch.tensor(tokens)
+    S = ext.numel()
+    can_skip = torch.zeros(S, dtype=torch.bool)
+    can_skip[3::2] = ext[3::2] != ext[1:-2:2]  # label -> next different label, over the blank between them
+    emit = lp[:, ext]  # (T, S)
+    score = torch.full((S,), NEG_INF)
+    score[:2] = emit[0, :2]
+    back = torch.zeros(T, S, dtype=torch.long)  # how many states back each best path came from: 0, 1 or 2
+    for t in range(1, T):
+        stay = score
+        step = torch.cat([torch.tensor([NEG_INF]), score[:-1]])
+        skip = torch.cat([torch.tensor([NEG_INF, NEG_INF]), score[:-2]]).masked_fill(~can_skip, NEG_INF)
+        best, back[t] = torch.stack([stay, step, skip]).max(0)
+        score = best + emit[t]
+    end = S - 1 if S == 1 or score[S - 1] >= score[S - 2] else S - 2
+    if score[end] == NEG_INF:
+        return None
+    states = [end]
+    for t in range(T - 1, 0, -1):
+        states.append(states[-1] - int(back[t, states[-1]]))
+    states.reverse()  # state of each frame
+    spans = [[T, -1] for _ in range(L)]
+    for t, s in enumerate(states):
+        if s % 2:  # a label state: token (s - 1) // 2 is emitted at frame t
+            span = spans[(s - 1) // 2]
+            span[0], span[1] = min(span[0], t), max(span[1], t)
+    return [tuple(s) for s in spans]
+
+
+def word_index(decode, tokens: list[int], normalize) -> list[int]:
+    """The word of the normalised text each token belongs to: count the words of each decoded prefix.
+
+    A token that only adds punctuation (a space after normalising) joins the word before it.
+    """
+    out = []
+    for i in range(len(tokens)):
+        out.append(max(0, len(normalize(decode(tokens[: i + 1])).split()) - 1))
+    return out
+
+
+def word_times(words: list[str], token_words: list[int], spans, frame_seconds: float, offset: float = 0.0):
+    """[{word, start, end}] in seconds from each token's frames; start/end None when no alignment exists."""
+    out = [{"word": w, "start": None, "end": None} for w in words]
+    if spans is None:
+        return out
+    for w, (first, last) in zip(token_words, spans):
+        if w >= len(out):
+            continue
+        item = out[w]
+        start, end = offset + first * frame_seconds, offset + (last + 1) * frame_seconds
+        item["start"] = start if item["start"] is None else min(item["start"], start)
+        item["end"] = end if item["end"] is None else max(item["end"], end)
+    for item in out:  # three decimals: frames are 40 ms
+        for k in ("start", "end"):
+            item[k] = None if item[k] is None else round(item[k], 3)
+    return out
+
+
+def frame_seconds(n_convs: int, hop_seconds: float = 0.01) -> float:
+    """Seconds per encoder frame: 10 ms mel hop x 2**n_convs (0.04 s for the release's two convs)."""
+    return hop_seconds * 2 ** n_convs
+

@@ -1,0 +1,363 @@
+"""Transcribe audio files with a SozKZ ASR model: the command line, and the `Transcriber` evaluate.py reuses.
+
+    python decode.py clip.wav                                      # the teaching model in models/teach/
+    python decode.py --model runs/teach/best a.wav b.flac --format jsonl --timestamps
+    python decode.py --checkpoint ckpt-92000/model.pt --decoder sozkz-core-llama-300m-kk-base-v1 \\
+        --tokenizer sozkz-morphbpe-100k-kk-v1/tokenizer.json --mode reference clip.wav   # the release, as released
+
+Modes (the strategies themselves are in search.py and ctc.py):
+  reference  SPEC §9 to the token: one file at a time, cut at 15 s (--chunked: the original's 12 s-stride
+             chunks), float32, no masks, greedy with repetition penalty 1.15 and no-repeat-trigram, 256 tokens
+  greedy     plain greedy, padded batches with masks
+  beam       attention beam search, length-normalised
+  joint      joint CTC/attention one-pass beam search (the default: DEFAULT_MODE below)
+  ctc        CTC greedy alone: the encoder without the decoder
+Every mode but reference decodes files of any length: windows of 15 s overlapping by 5 s, spliced at the
+seams by the CTC word timings (longform.py). Texts are normalised as SPEC §5 says.
+
+A file that cannot be read gets a one-line error on stderr naming it; the others are still transcribed, and
+the exit status is 1 at the end (2 when the model or the arguments are wrong).
+Not here: the decoding maths (search.py, ctc.py), long-audio windows (longform.py), scoring (evaluate.py).
+"""
+import argparse
+import json
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+import longform
+from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
+from encoder import subsampled_lengths
+from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, log_mel_spectrogram, n_frames
+from search import beam_search, greedy_batch, greedy_tokens, reference_greedy  # noqa: F401 (train.py: greedy_batch)
+from tokenizer import Tokenizer, normalize
+
+__all__ = ["ctc_greedy", "greedy_batch", "DecodeOptions", "Transcriber", "add_decoding_args", "load", "main"]
+
+DEFAULT_MODE = "joint"  # the mode a plain `python decode.py` uses; change it here once measured
+MODES = ("reference", "greedy", "beam", "joint", "ctc")
+DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "teach"  # the teaching model shipped in the repo
+
+
+@dataclass
+class DecodeOptions:
+    mode: str = DEFAULT_MODE       # one of MODES
+    beam_size: int = 4             # hypotheses kept by beam and joint
+    ctc_weight: float = 0.3        # w in (1 - w) log p_att + w log p_ctc (joint)
+    pre_beam: float = 1.5          # joint: candidates per hypothesis scored by CTC, as a multiple of beam_size
+    length_penalty: float = 1.0    # beam/joint: finished scores divided by length**this (0: raw sums)
+    max_tokens: int = 256          # per window (reference: per utterance, as the original)
+    batch_size: int = 8            # files (or windows) decoded together
+    chunked: bool = False          # reference: the original's chunking instead of the 15 s cut
+    timestamps: bool = False       # word start/end times from the CTC alignment
+    window: float = longform.WINDOW_SECONDS    # long files: window length (s)
+    overlap: float = longform.OVERLAP_SECONDS  # long files: overlap of neighbouring windows (s)
+
+
+class Transcriber:
+    """A model + tokenizer + options: `transcribe(paths or 16 kHz waveforms) -> [{"audio", "text", ...}]`.
+
+    Results come in input order; one that failed is {"audio", "error"} and did not stop the others.
+    """
+
+    def __init__(self, model, tokenizer: Tokenizer, options: DecodeOptions | None = None, device="cpu",
+                 dtype=torch.float32):
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.tokenizer, self.opt = tokenizer, options or DecodeOptions()
+        self.device, self.dtype = torch.device(device), dtype
+        self.frame_s = frame_seconds(model.encoder.cfg.n_convs)  # 0.04 s per encoder frame
+        self._check(dtype)
+
+    def _check(self, dtype):
+        """Refuse options that cannot work, in one line each (the CLI turns them into exit status 2)."""
+        o = self.opt
+        problems = [
+            (o.mode not in MODES, f"unknown mode {o.mode!r}; choose one of {', '.join(MODES)}"),
+            (o.mode == "reference" and dtype != torch.float32, "--mode reference is float32 by definition (SPEC §9)"),
+            (min(o.batch_size, o.beam_size, o.max_tokens) < 1, "--batch-size, --beam-size and --max-tokens must be >= 1"),
+            (not 0 <= o.ctc_weight <= 1, f"--ctc-weight {o.ctc_weight} is outside [0, 1]"),
+            (o.pre_beam < 1, f"--pre-beam {o.pre_beam} is below 1"),
+            (not 0 <= o.overlap <= o.window / 2, f"--overlap {o.overlap} must be between 0 and half of --window {o.window}"),
+        ]
+        for bad, message in problems:
+            if bad:
+                raise ValueError(message)
+        window = o.window if o.mode != "reference" else N_SAMPLES / SAMPLE_RATE
+        frames = int(subsampled_lengths(torch.tensor(n_frames(round(window * SAMPLE_RATE))),
+                                        self.model.encoder.cfg.n_convs))
+        if frames + o.max_tokens + 1 > self.model.llm.config.max_seq_len:
+            raise ValueError(f"{window:g} s of audio ({frames} frames) + {o.max_tokens} tokens exceed the decoder's "
+                             f"{self.model.llm.config.max_seq_len} positions: lower --window or --max-tokens")
+
+    @torch.no_grad()
+    def transcribe(self, items) -> list[dict]:
+        """Paths or 1-D 16 kHz waveforms -> one result dict each, in input order."""
+        results = [None] * len(items)
+        short = []  # (index, name, samples at 16 kHz) of the items that fit in one window
+        for i, item in enumerate(items):
+            name = f"<waveform {i}>" if isinstance(item, torch.Tensor) else str(item)
+            try:
+                if self.opt.mode == "reference":
+                    results[i] = self._reference(name, _load(item))
+                    continue
+                n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)  # header only
+                if n > round(self.opt.window * SAMPLE_RATE):
+                    results[i] = self._long(name, item)
+                else:
+                    short.append((i, name, n))
+            except AudioError as e:
+                results[i] = {"audio": name, "error": str(e)}
+        short.sort(key=lambda s: s[2])  # similar lengths together: little padding
+        for k in range(0, len(short), self.opt.batch_size):
+            names, wavs = [], []
+            for i, name, _ in short[k: k + self.opt.batch_size]:
+                try:
+                    wavs.append(_load(items[i]))
+                    names.append((i, name))
+                except AudioError as e:
+                    results[i] = {"audio": name, "error": str(e)}
+            if wavs:
+                for (i, name), (tokens, lp) in zip(names, self._decode_windows(wavs)):
+                    results[i] = self._result(name, tokens, lp)
+        return results
+
+    # -- one batch of windows ------------------------------------------------------------------------------------
+
+    def _decode_windows(self, wavs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
+        """Waveforms of at most one window each -> (token ids, CTC log-probs (T'_b, V)) per waveform."""
+        mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
+        enc, audio, enc_len = self.model.encode(mels.to(self.device, self.dtype), lengths.to(self.device))
+        log_probs = self.model.ctc_log_probs(enc)  # (B, T', V) float32
+        o = self.opt
+        if o.mode == "ctc":
+            tokens = ctc_greedy(log_probs, enc_len)
+        elif o.mode == "greedy":
+            tokens = greedy_tokens(self.model.llm, audio, enc_len, o.max_tokens)
+        else:
+            ctc = CTCPrefixScorer(log_probs, enc_len) if o.mode == "joint" else None
+            tokens = beam_search(self.model.llm, audio, enc_len, o.beam_size, o.max_tokens, o.length_penalty,
+                                 ctc, o.ctc_weight, o.pre_beam)
+        return [(t, log_probs[b, : int(enc_len[b])]) for b, t in enumerate(tokens)]
+
+    def _words(self, tokens: list[int], log_probs: torch.Tensor, offset: float, duration: float) -> list[dict]:
+        """[{word, start, end}] in seconds from the file's start, by aligning tokens to the CTC frames."""
+        text = normalize(self.tokenizer.decode(tokens))
+        spans = forced_align(log_probs, tokens)
+        if spans is None:  # more tokens than frames can carry: spread the words evenly
+            return longform.spread_times(text.split(), offset, offset + duration)
+        return word_times(text.split(), word_index(self.tokenizer.decode, tokens, normalize), spans,
+                          self.frame_s, offset)
+
+    def _result(self, name: str, tokens: list[int], log_probs: torch.Tensor) -> dict:
+        out = {"audio": name, "text": normalize(self.tokenizer.decode(tokens))}
+        if self.opt.timestamps:
+            out["words"] = self._words(tokens, log_probs, 0.0, log_probs.shape[0] * self.frame_s)
+        return out
+
+    # -- long files ----------------------------------------------------------------------------------------------
+
+    def _long(self, name: str, item) -> dict:
+        """Windows decoded in batches and spliced at the seams; memory bounded by batch_size windows."""
+        if isinstance(item, torch.Tensor):
+            windows = _tensor_windows(item, self.opt.window, self.opt.overlap)
+        else:
+            windows = longform.AudioWindows(item, self.opt.window, self.opt.overlap)  # read one at a time
+        spliced, pending = [], []
+        for start, wav in windows:
+            pending.append((start, wav))
+            if len(pending) == self.opt.batch_size:
+                spliced += self._decode_pending(pending)
+                pending = []
+        spliced += self._decode_pending(pending) if pending else []
+        words = longform.merge_words(spliced)
+        out = {"audio": name, "text": " ".join(w["word"] for w in words)}
+        if self.opt.timestamps:
+            out["words"] = words
+        return out
+
+    def _decode_pending(self, pending) -> list[tuple[float, float, list[dict]]]:
+        out = []
+        for (start, wav), (tokens, lp) in zip(pending, self._decode_windows([w for _, w in pending])):
+            t0, dur = start / SAMPLE_RATE, wav.shape[-1] / SAMPLE_RATE
+            out.append((t0, t0 + dur, self._words(tokens, lp, t0, dur)))
+        return out
+
+    # -- the release's own decoding ------------------------------------------------------------------------------
+
+    def _reference(self, name: str, wav: torch.Tensor) -> dict:
+        """SPEC §9: one utterance, 15 s cut (or the original's chunks), float32, no masks, filtered greedy."""
+        chunks = longform.reference_chunks(wav) if self.opt.chunked else [(0, wav[:N_SAMPLES])]
+        texts, words = [], []
+        for start, chunk in chunks:
+            mel = log_mel_spectrogram(chunk.to(self.device))[None]  # (1, 80, T)
+            enc, audio, _ = self.model.encode(mel)  # no lengths: the original's maths
+            tokens = reference_greedy(self.model.llm, audio, self.opt.max_tokens)
+            texts.append(normalize(self.tokenizer.decode(tokens)))
+            if self.opt.timestamps:
+                lp = self.model.ctc_log_probs(enc)[0]
+                words.append(self._words(tokens, lp, start / SAMPLE_RATE, chunk.shape[-1] / SAMPLE_RATE))
+        out = {"audio": name, "text": longform.join_chunk_texts(texts)}
+        if self.opt.timestamps:  # the words of the chunks whose text was kept
+            out["words"] = [w for i in longform.kept_chunks(texts) for w in words[i]]
+        return out
+
+
+def _load(item) -> torch.Tensor:
+    """A path -> 16 kHz mono waveform (mel.load_audio's checks); a waveform passes through.
+
+    A clip shorter than one 25 ms analysis window gets silence appended up to it (the stft's reflect padding
+    needs that much), so even a click decodes, to (near) nothing.
+    """
+    wav = item.float().reshape(-1) if isinstance(item, torch.Tensor) else load_audio(item)
+    return torch.nn.functional.pad(wav, (0, max(0, N_FFT - wav.shape[0])))
+
+
+def _samples(path) -> int:
+    """Samples at 16 kHz, from the header alone."""
+    frames, sr = longform.audio_info(path)
+    return longform.n_resampled(frames, sr)
+
+
+def _tensor_windows(wav: torch.Tensor, window: float, overlap: float):
+    w, o = round(window * SAMPLE_RATE), round(overlap * SAMPLE_RATE)
+    for start in longform.window_starts(wav.shape[-1], w, o):
+        yield start, wav.reshape(-1)[start: start + w].float()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# command line
+
+def add_decoding_args(p: argparse.ArgumentParser):
+    """The model and decoding flags, shared with evaluate.py."""
+    m = p.add_argument_group("model (default: the teaching model in models/teach/)")
+    m.add_argument("--model", default=None, metavar="DIR",
+                   help="a model folder written by train.py / model.save_model (default: models/teach/)")
+    m.add_argument("--checkpoint", default=None, metavar="PATH/model.pt",
+                   help="the released checkpoint (checkpoint-92000/model.pt); needs --decoder and --tokenizer")
+    m.add_argument("--decoder", default=None, metavar="LLAMA_DIR",
+                   help="Hugging Face Llama folder of the frozen decoder (the release: "
+                        "sozkz-core-llama-300m-kk-base-v1); with --model it overrides the folder's own")
+    m.add_argument("--tokenizer", default=None, metavar="FILE",
+                   help="tokenizer.json (the release: sozkz-morphbpe-100k-kk-v1) or a sentencepiece .model; "
+                        "with --model it overrides the folder's own")
+    m.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where to run (default: cuda when available, else cpu)")
+    m.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="weights and activations; norms, softmax and scores stay float32 (default: float32, "
+                        "the release's recipe; --mode reference is always float32)")
+    d = p.add_argument_group("decoding")
+    d.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
+                   help=f"reference: the release's own decoding, to the token (SPEC §9); greedy; beam: attention "
+                        f"beam search; joint: joint CTC/attention beam search; ctc: CTC greedy "
+                        f"(default: {DEFAULT_MODE})")
+    d.add_argument("--beam-size", type=int, default=DecodeOptions.beam_size,
+                   help="hypotheses kept in beam and joint modes (default: %(default)s)")
+    d.add_argument("--ctc-weight", type=float, default=DecodeOptions.ctc_weight,
+                   help="joint: weight w of CTC in (1-w) attention + w CTC; 0 is attention beam search "
+                        "(default: %(default)s)")
+    d.add_argument("--pre-beam", type=float, default=DecodeOptions.pre_beam,
+                   help="joint: candidates per hypothesis given exact CTC scores, times --beam-size "
+                        "(default: %(default)s)")
+    d.add_argument("--length-penalty", type=float, default=DecodeOptions.length_penalty,
+                   help="beam/joint: rank finished hypotheses by score / length**this (default: %(default)s)")
+    d.add_argument("--max-tokens", type=int, default=DecodeOptions.max_tokens,
+                   help="most tokens per utterance or window, EOS aside (default: %(default)s, the release's)")
+    d.add_argument("--batch-size", type=int, default=DecodeOptions.batch_size,
+                   help="files or windows decoded together, padded and masked; reference mode decodes one "
+                        "at a time (default: %(default)s)")
+    d.add_argument("--chunked", action="store_true",
+                   help="reference: the original's chunking (15 s chunks every 12 s, a last chunk under 1 s "
+                        "dropped, repeated chunk texts removed) instead of cutting at 15 s")
+    d.add_argument("--window", type=float, default=DecodeOptions.window,
+                   help="long files (not reference): window length in seconds (default: %(default)s, the "
+                        "training length)")
+    d.add_argument("--overlap", type=float, default=DecodeOptions.overlap,
+                   help="long files: seconds shared by neighbouring windows, spliced in the middle "
+                        "(default: %(default)s)")
+    return p
+
+
+def options_from_args(args) -> DecodeOptions:
+    return DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions) if hasattr(args, f.name)})
+
+
+def load(args) -> Transcriber:
+    """Model, tokenizer and options from parsed add_decoding_args flags; ValueError (one line) when unusable."""
+    from model import load_model, load_release, tokenizer_path  # here: decode.py --help needs no model code
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    options = options_from_args(args)
+    if options.mode == "reference" and dtype != torch.float32:
+        raise ValueError("--mode reference is float32 by definition (SPEC §9); drop --dtype bfloat16")
+    if args.checkpoint:
+        if not (args.decoder and args.tokenizer):
+            raise ValueError("--checkpoint needs --decoder LLAMA_DIR and --tokenizer PATH/tokenizer.json")
+        tokenizer = Tokenizer.load(args.tokenizer)
+        model = load_release(args.checkpoint, args.decoder, tokenizer_vocab=tokenizer.vocab_size, dtype=dtype)
+    else:
+        folder = Path(args.model) if args.model else DEFAULT_MODEL
+        if not (folder / "config.json").is_file():
+            if args.model:
+                raise ValueError(f"{folder}: not a model folder (no config.json)")
+            raise ValueError(f"no teaching model in {folder} yet (train one with train.py, or pass --model DIR); "
+                             "to run the release: --checkpoint PATH/model.pt --decoder LLAMA_DIR "
+                             "--tokenizer PATH/tokenizer.json")
+        tok = args.tokenizer or tokenizer_path(folder)
+        if tok is None:
+            raise ValueError(f"{folder}: the folder names no tokenizer; pass --tokenizer FILE")
+        tokenizer = Tokenizer.load(tok)
+        model = load_model(folder, dtype=dtype, decoder=args.decoder)
+        if model.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"{tok}: has {tokenizer.vocab_size} ids but the model in {folder} has {model.vocab_size}")
+    return Transcriber(model, tokenizer, options, device=device, dtype=dtype)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Transcribe Kazakh speech with a SozKZ ASR model (the teaching model by default, or the "
+                    "released checkpoint-92000). Prints the normalised transcript (SPEC §5).",
+        epilog="Files longer than --window are transcribed whole in overlapping windows (not in reference mode, "
+               "which cuts at 15 s as the original did unless --chunked). Exit status: 0 all files transcribed, "
+               "1 some file failed (one line each on stderr), 2 bad arguments or model.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate, any channels)")
+    add_decoding_args(p)
+    o = p.add_argument_group("output")
+    o.add_argument("--format", choices=["text", "jsonl"], default="text",
+                   help="text: the transcript (PATH<TAB>text when several files); jsonl: one JSON object a line "
+                        "with audio, text (and words) (default: text)")
+    o.add_argument("--timestamps", action="store_true",
+                   help="jsonl: add words [{word, start, end}] in seconds, from the CTC alignment of the final "
+                        "tokens (40 ms encoder frames)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        transcriber = load(args)
+    except ValueError as e:  # AudioError, CheckpointError, TokenizerError and our own: all one line
+        print(f"decode.py: error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    group = max(1, transcriber.opt.batch_size) * 8  # print as we go, sorting by length within each group
+    for k in range(0, len(args.files), group):
+        for r in transcriber.transcribe(args.files[k: k + group]):
+            if "error" in r:
+                failed += 1
+                print(f"decode.py: {r['error']}", file=sys.stderr)
+            elif args.format == "jsonl":
+                print(json.dumps(r, ensure_ascii=False))
+            elif len(args.files) == 1:
+                print(r["text"])
+            else:
+                print(f"{r['audio']}\t{r['text']}")
+            sys.stdout.flush()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Audio of any length: overlapping windows read one at a time, decoded apart, spliced at the seams.
+
+The model saw at most 15 s in training (SPEC §1), so a long file is cut into WINDOW_SECONDS windows that
+overlap by OVERLAP_SECONDS (the last window is moved back to end with the file). Each window is read from
+disk alone (soundfile seeks; other rates are resampled with a margin wide enough that the window's samples
+equal those of the whole file resampled), so memory is bounded by the window, whatever the file's length.
+Each window's words carry times from the CTC alignment (ctc.forced_align); `merge_words` splices two
+neighbours inside their overlap: at a word both windows agree on (the same word at nearly the same time,
+found by aligning the two word runs as difflib does, longest common runs first), the one nearest the middle
+of the overlap; without one, at the middle of the overlap by time. Edges, where a window cuts a word in
+two, are never used.
+
+Also the original's chunking (SPEC §9), kept for `--mode reference --chunked`: 15 s chunks every 12 s, a last
+chunk under 1 s dropped, consecutive identical chunk texts removed, the rest joined with a space.
+Not here: voice activity detection, or splicing by anything but words.
+"""
+import difflib
+import math
+
+import soundfile as sf
+import torch
+
+import mel
+from mel import SAMPLE_RATE, AudioError
+
+WINDOW_SECONDS = 15.0  # the longest audio the model was trained on
+OVERLAP_SECONDS = 5.0  # context each side of a seam: the splice point sits ~2.5 s from either window's edge
+AGREE_SECONDS = 1.0  # the same word seen by two windows starts within this much
+REF_STRIDE_SECONDS = 12.0  # the original's chunking: 15 s chunks, 3 s overlap
+REF_MIN_LAST_SECONDS = 1.0  # ... and a last chunk shorter than this dropped
+
+
+def window_starts(n_samples: int, window: int, overlap: int) -> list[int]:
+    """Start samples of the windows covering n_samples: every window - overlap samples, the last one end-aligned.
+
+    window_starts(30, 15, 5) -> [0, 10, 15]; a file no longer than one window is one window.
+    """
+    if n_samples <= window:
+        return [0]
+    stride = window - overlap
+    starts = list(range(0, n_samples - window, stride))
+    return starts + [n_samples - window]
+
+
+def audio_info(path) -> tuple[int, int]:
+    """(frames, sample rate) from the file's header; a file soundfile cannot open raises mel's AudioError."""
+    path = str(path)
+    try:
+        info = sf.info(path)
+        if info.frames > 0:
+            return info.frames, info.samplerate
+    except (RuntimeError, OSError):
+        pass
+    mel.load_audio(path)  # raises AudioError with the precise problem (missing, folder, not audio, empty, ...)
+    raise AudioError(f"{path}: not readable as audio")
+
+
+def n_resampled(n: int, sr: int) -> int:
+    """Samples at 16 kHz of n samples at sr, as mel.resample gives them."""
+    return -(-n * SAMPLE_RATE // sr)
+
+
+class AudioWindows:
+    """A long file read window by window at 16 kHz mono: `for start, wav in AudioWindows(path): ...`.
+
+    Window `start` is in 16 kHz samples. A window read from the file equals the same slice of
+    mel.load_audio(path) up to float rounding: each read starts on a resampler block boundary and reaches
+    two blocks beyond the filter's half-width on each side.
+    """
+
+    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS):
+        self.path = str(path)
+        self.frames, self.sr = audio_info(self.path)
+        with sf.SoundFile(self.path) as f:
+            cut = mel._wav_shortfall(f.extra_info)
+        if cut:
+            raise AudioError(f"{self.path}: truncated (header promises {cut[1]} bytes, file has {cut[0]})")
+        self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)
+        self.window, self.overlap = round(window_s * SAMPLE_RATE), round(overlap_s * SAMPLE_RATE)
+        self.starts = window_starts(self.n_samples, self.window, self.overlap)
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __iter__(self):
+        g = math.gcd(self.sr, SAMPLE_RATE)
+        orig, new = self.sr // g, SAMPLE_RATE // g  # mel.resample works in blocks of `orig` in, `new` out
+        reach = math.ceil(mel.LOWPASS_WIDTH * orig / (min(orig, new) * mel.ROLLOFF))  # the filter's half-width
+        margin = (reach // orig + 2) * orig if orig != new else 0  # input samples, whole blocks, beyond it
+        with sf.SoundFile(self.path) as f:
+            for start in self.starts:
+                end = min(start + self.window, self.n_samples)
+                block = start // new  # first block whose output reaches the window
+                first = max(0, block * orig - margin)  # input sample the read starts at, on a block boundary
+                last = min(self.frames, -(-end * orig // new) + margin)
+                f.seek(first)
+                x = f.read(last - first, dtype="float32", always_2d=True).mean(axis=1)  # (n,) mono
+                if len(x) < last - first:
+                    raise AudioError(f"{self.path}: truncated (header promises {self.frames} frames, "
+                                     f"file has {first + len(x)})")
+                if not torch.isfinite(torch.from_numpy(x)).all():
+                    raise AudioError(f"{self.path}: contains non-finite samples (NaN or inf)")
+                wav = mel.resample(torch.from_numpy(x), self.sr, SAMPLE_RATE)
+                offset = first * new // orig  # the output sample this read begins at
+                yield start, wav[start - offset: end - offset]
+
+
+def merge_words(windows: list[tuple[float, float, list[dict]]]) -> list[dict]:
+    """Splice windows (start s, end s, [{word, start, end}] in file time), in time order, into one word list."""
+    if not windows:
+        return []
+    merged = list(windows[0][2])
+    for (_, end0, _), (start1, _, words) in zip(windows, windows[1:]):
+        merged = splice(merged, list(words), start1, end0)
+    return merged
+
+
+def _mid(w: dict) -> float:
+    return (w["start"] + w["end"]) / 2
+
+
+def splice(left: list[dict], right: list[dict], lo: float, hi: float) -> list[dict]:
+    """Join two windows' words that overlap in time [lo, hi): left's words before the seam, right's from it."""
+    cut = (lo + hi) / 2
+    li = [i for i, w in enumerate(left) if _mid(w) >= lo]  # left's words inside the overlap
+    ri = [j for j, w in enumerate(right) if _mid(w) < hi]  # right's words inside the overlap
+    matcher = difflib.SequenceMatcher(None, [left[i]["word"] for i in li], [right[j]["word"] for j in ri],
+                                      autojunk=False)
+    agreed = [(li[a + k], ri[b + k]) for a, b, size in matcher.get_matching_blocks() for k in range(size)
+              if abs(left[li[a + k]]["start"] - right[ri[b + k]]["start"]) <= AGREE_SECONDS]
+    if agreed:  # the agreed word nearest the middle of the overlap: left's words before it, right's from it on
+        i, j = min(agreed, key=lambda p: abs(_mid(left[p[0]]) - cut))
+        return left[:i] + right[j:]
+    return [w for w in left if _mid(w) < cut] + [w for w in right if _mid(w) >= cut]
+
+
+def spread_times(words: list[str], start: float, end: float) -> list[dict]:
+    """Words spread evenly over [start, end): the fallback when a window's tokens have no CTC alignment."""
+    step = (end - start) / max(1, len(words))
+    return [{"word": w, "start": round(start + i * step, 3), "end": round(start + (i + 1) * step, 3)}
+            for i, w in enumerate(words)]
+
+
+def reference_chunks(wav: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """The original's chunks (SPEC §9): (start sample, 15 s of audio) every 12 s; a last chunk under 1 s dropped."""
+    size, stride = mel.N_SAMPLES, round(REF_STRIDE_SECONDS * SAMPLE_RATE)
+    chunks = [(s, wav[s: s + size]) for s in range(0, wav.shape[-1], stride)]
+    if len(chunks) > 1 and chunks[-1][1].shape[-1] < REF_MIN_LAST_SECONDS * SAMPLE_RATE:
+        chunks.pop()
+    return chunks
+
+
+def kept_chunks(texts: list[str]) -> list[int]:
+    """Indices of the chunks the original keeps: a text equal to the one before it is dropped."""
+    return [i for i, t in enumerate(texts) if i == 0 or t != texts[i - 1]]
+
+
+def join_chunk_texts(texts: list[str]) -> str:
+    """Consecutive identical chunk texts kept once, then joined with a space: ["a b", "a b", "c"] -> "a b c"."""
+    return " ".join(" ".join(texts[i] for i in kept_chunks(texts)).split())
+

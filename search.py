@@ -1,0 +1,297 @@
+"""Decoding strategies over the frozen Llama and its KV cache, one small piece each (after whisper's decoding.py).
+
+- `RepetitionPenalty`, `NoRepeatNGram`: the two logit filters of the release's decoding, computed as Hugging
+  Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (SPEC §9).
+- `reference_greedy`: SPEC §9 to the token: one utterance, no masks, greedy with the two filters, stop after
+  EOS or at 256 tokens.
+- `greedy_batch`: masked, batched greedy without filters (train.py's validation WER).
+- `beam_search`: beam search over the cache with length normalisation; given a `ctc.CTCPrefixScorer` it is
+  one-pass joint CTC/attention decoding (Watanabe et al. 2017; Hori et al. 2017): score =
+  (1 - w) log p_att(h) + w log psi_ctc(h), candidates pre-selected per hypothesis before the exact CTC scores.
+Every strategy takes audio embeddings (B, T', d) from `ASRModel.encode` and returns token ids without EOS.
+Not here: audio, features and text (decode.py), the CTC maths (ctc.py), long audio (longform.py), sampling.
+"""
+import math
+
+import torch
+
+from ctc import CTCPrefixScorer
+
+EOS = 0  # <|endoftext|>: also the CTC blank (SPEC §6)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the decoder with its cache
+
+class DecoderState:
+    """The frozen Llama after an audio prompt: its KV cache, the slots each row may see, each row's RoPE position.
+
+    Rows are right-padded: row b's audio fills slots [0, lengths[b]), padding the rest of the prompt, and its text
+    continues at the shared slot T' but at RoPE position lengths[b] + i, exactly as if it were alone.
+    lengths=None is the original's unmasked maths (SPEC §1 quirk): every prompt slot is audio.
+    """
+
+    def __init__(self, llm, audio: torch.Tensor, lengths: torch.Tensor | None = None, max_new: int = 256):
+        B, T, _ = audio.shape  # (B, T', d)
+        self.llm, self.audio, self.lengths, self.prompt, self.slot = llm, audio, lengths, T, 0
+        self.caches = llm.new_caches(B, T + max_new + 1, audio.device, audio.dtype)
+        self.key_mask = self.pos = None
+        if lengths is not None and bool((lengths < T).any()):
+            slots = torch.arange(T + max_new + 1, device=audio.device)[None, :]
+            self.key_mask = (slots < lengths[:, None]) | (slots >= T)  # (B, S): own audio, then text
+            self.pos = lengths.clone()  # RoPE position of each row's next text token
+
+    @torch.no_grad()
+    def prefill(self) -> torch.Tensor:
+        """Run the audio prompt; logits (B, V) at each row's last audio frame."""
+        B, T, _ = self.audio.shape
+        mask = None if self.key_mask is None else self.key_mask[:, :T]
+        hidden = self.llm(self.audio, 0, self.caches, key_mask=mask)  # (B, T', d)
+        self.slot = T
+        last = hidden[:, -1] if self.key_mask is None else hidden[torch.arange(B), self.lengths - 1]  # (B, d)
+        return self.llm.logits(last[:, None])[:, 0]
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,); logits (B, V) for the next."""
+        x = self.llm.embed(tokens[:, None])  # (B, 1, d)
+        positions = None if self.pos is None else self.pos[:, None]
+        mask = None if self.key_mask is None else self.key_mask[:, : self.slot + 1]
+        hidden = self.llm(x, self.slot, self.caches, positions=positions, key_mask=mask)  # (B, 1, d)
+        self.slot += 1
+        if self.pos is not None:
+            self.pos = self.pos + 1
+        return self.llm.logits(hidden)[:, 0]
+
+    def select(self, rows: torch.Tensor):
+        """Keep these rows, in this order, every slot copied: [0, 0, 1, 1] makes beams, [2, 5] drops the rest."""
+        for c in self.caches:
+            c.k, c.v = c.k[rows], c.v[rows]
+        if self.lengths is not None:
+            self.lengths = self.lengths[rows]
+        if self.key_mask is not None:
+            self.key_mask, self.pos = self.key_mask[rows], self.pos[rows]
+
+    def reorder(self, rows: torch.Tensor):
+        """Row i now continues the hypothesis that was row rows[i] (beam search, within one utterance's rows).
+
+        Only the text slots move: the rows of one utterance share its audio prompt (see select), so its slots
+        are the same in every row and copying them would only cost time (most of it, for short texts).
+        """
+        text = slice(self.prompt, self.slot)
+        for c in self.caches:
+            c.k[:, :, text] = c.k[:, :, text].index_select(0, rows)  # a copy first: safe in place
+            c.v[:, :, text] = c.v[:, :, text].index_select(0, rows)
+        if self.key_mask is not None:
+            self.key_mask, self.pos = self.key_mask[rows], self.pos[rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the release's logit filters (SPEC §9)
+
+class RepetitionPenalty:
+    """Keskar et al. 2019, as HF applies it: over the SET of generated ids, logit < 0 -> x * p, else x / p."""
+
+    def __init__(self, penalty: float = 1.15):
+        self.penalty = penalty
+
+    def apply(self, logits: torch.Tensor, tokens: list[int]):
+        """logits (V,) in place."""
+        if tokens:
+            ids = torch.tensor(sorted(set(tokens)), device=logits.device)
+            x = logits[ids]
+            logits[ids] = torch.where(x < 0, x * self.penalty, x / self.penalty)
+
+
+class NoRepeatNGram:
+    """Ban every id that would complete an n-gram already present: [5, 6, 7, 5, 6] with n=3 bans 7."""
+
+    def __init__(self, n: int = 3):
+        self.n = n
+
+    def apply(self, logits: torch.Tensor, tokens: list[int]):
+        """logits (V,) in place."""
+        n, L = self.n, len(tokens)
+        if L < n - 1:
+            return
+        prefix = tokens[L - n + 1:]
+        banned = [tokens[i + n - 1] for i in range(L - n + 1) if tokens[i:i + n - 1] == prefix]
+        if banned:
+            logits[banned] = float("-inf")
+
+
+@torch.no_grad()
+def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, eos_id: int | None = EOS,
+                     penalty: float = 1.15, ngram: int = 3) -> list[int]:
+    """SPEC §9 for one utterance: audio (1, T', d) -> ids, EOS excluded. eos_id=None never stops (benchmarks).
+
+    The first token is the plain argmax; later steps apply the penalty, then the n-gram ban, then argmax.
+    """
+    filters = [RepetitionPenalty(penalty), NoRepeatNGram(ngram)]
+    state = DecoderState(llm, audio, None, max_tokens)
+    logits = state.prefill()[0]  # (V,)
+    tokens = []
+    while True:
+        for f in filters:
+            f.apply(logits, tokens)  # both are no-ops on the first step (no generated ids yet), as in HF
+        token = int(logits.argmax())
+        if token == eos_id:
+            return tokens
+        tokens.append(token)
+        if len(tokens) == max_tokens:
+            return tokens
+        logits = state.step(torch.tensor([token], device=audio.device))[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batched, masked search
+
+@torch.no_grad()
+def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_tokens: int = 256) -> list[list[int]]:
+    """Plain greedy for a padded batch: audio (B, T', d), lengths (B,) -> ids per row, EOS excluded."""
+    state = DecoderState(llm, audio, lengths, max_tokens)
+    logits = state.prefill()  # (B, V)
+    out = [[] for _ in range(audio.shape[0])]
+    live = list(range(audio.shape[0]))  # the rows still in the batch, as indices into out
+    for i in range(max_tokens):
+        tokens = logits.argmax(-1)  # (B_live,)
+        ids = tokens.tolist()
+        going = [j for j, t in enumerate(ids) if t != EOS]
+        if not going:
+            break
+        for j in going:
+            out[live[j]].append(ids[j])
+        if i + 1 == max_tokens:
+            break
+        if len(going) < len(live):  # finished rows leave the batch: they would only cost time
+            keep = torch.tensor(going, device=audio.device)
+            state.select(keep)
+            tokens, live = tokens[keep], [live[j] for j in going]
+        logits = state.step(tokens)
+    return out
+
+
+@torch.no_grad()
+def greedy_batch(model, mel: torch.Tensor, lengths: torch.Tensor, max_tokens: int = 256) -> list[list[int]]:
+    """Masked batched greedy from log-mels (B, 80, T), lengths (B,): ids per item, EOS excluded (validation WER)."""
+    _, audio, enc_lengths = model.encode(mel, lengths)
+    return greedy_tokens(model.llm, audio, enc_lengths, max_tokens)
+
+
+def _mix(att: torch.Tensor, ctc: torch.Tensor, w: float) -> torch.Tensor:
+    """(1 - w) att + w ctc, without 0 * -inf = nan at the ends."""
+    return att if w == 0 else ctc if w == 1 else (1 - w) * att + w * ctc
+
+
+class Finished:
+    """The finished hypotheses of one utterance (at most `size`); the best has the highest score / length**alpha."""
+
+    def __init__(self, size: int, alpha: float):
+        self.size, self.alpha, self.items = size, alpha, []
+
+    def add(self, tokens: list[int], score: float, n_scored: int):
+        if len(self.items) < self.size:
+            self.items.append((score / max(1, n_scored) ** self.alpha, tokens))
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= self.size
+
+    def best(self) -> list[int]:
+        return max(self.items, key=lambda it: it[0])[1] if self.items else []
+
+
+@torch.no_grad()
+def beam_search(llm, audio: torch.Tensor, lengths: torch.Tensor, beam: int = 4, max_tokens: int = 256,
+                length_penalty: float = 1.0, ctc: CTCPrefixScorer | None = None, ctc_weight: float = 0.3,
+                pre_beam: float = 1.5) -> list[list[int]]:
+    """Beam search over the KV cache for a padded batch; joint CTC/attention when `ctc` is given.
+
+    audio (B, T', d), lengths (B,) encoder frames. An utterance gets at most min(max_tokens, lengths[b]) tokens
+    (CTC cannot emit more labels than frames; this also bounds silence). As whisper's BeamSearchDecoder: each
+    step walks the candidates best first, EOS ones join the finished list, the first `beam` others live on;
+    an utterance is done once `beam` hypotheses have finished, and then leaves the batch. Without CTC each
+    hypothesis offers its top beam + 1 tokens; with it, its top ceil(pre_beam * beam) by (1 - w) log p_att +
+    w (a CTC estimate over the whole vocabulary, CTCPrefixScorer.estimate), which are then scored exactly.
+    EOS is scored with the CTC probability that the labelling is exactly the hypothesis.
+    """
+    B, K, dev, inf = audio.shape[0], beam, audio.device, float("-inf")
+    w = ctc_weight if ctc is not None else 0.0
+    M = max(K + 1, math.ceil(pre_beam * K)) if ctc is not None else K + 1  # candidates per hypothesis
+    limit = lengths.clamp(max=max_tokens).tolist()
+    finished = [Finished(K, length_penalty) for _ in range(B)]
+    live = list(range(B))  # the utterances still in the batch, as indices into finished / limit
+    state = DecoderState(llm, audio, lengths, max_tokens)
+    logits = state.prefill().repeat_interleave(K, 0)  # (B*K, V)
+    state.select(torch.arange(B, device=dev).repeat_interleave(K))  # K rows per utterance
+    score = torch.full((B, K), inf, device=dev)  # joint score of each row's hypothesis; -inf: row unused
+    score[:, 0] = 0.0  # the K rows start as copies: only the first may expand at the first step
+    att = torch.zeros(B, K, device=dev)  # attention log-prob of each row's hypothesis
+    last = torch.full((B, K), -1, dtype=torch.long, device=dev)  # last token; -1 for the empty prefix
+    r = ctc.initial_state(K) if ctc is not None else None  # (B, K, T'+1, 2) CTC forward variables
+    tokens = [[] for _ in range(B * K)]
+    for step in range(max_tokens + 1):
+        B = len(live)
+        new_att = att[..., None] + logits.float().log_softmax(-1).view(B, K, -1)  # (B, K, V): log p_att(h + c)
+        if ctc is None:
+            cand = new_att.topk(M, dim=-1).indices  # (B, K, M)
+            joint = new_att.gather(2, cand)
+        else:
+            est = ctc.estimate(r, last)  # (B, K, V)
+            est[..., EOS] = ctc.end(r)  # ending here: the CTC probability of exactly h
+            cand = _mix(new_att, est, w).topk(M, dim=-1).indices  # the pre-beam
+            r_cand, psi = ctc.score(r, last, cand, start=step)  # (B, K, M, T'+1, 2), (B, K, M)
+            psi = torch.where(cand == EOS, ctc.end(r)[..., None], psi)
+            joint = _mix(new_att.gather(2, cand), psi, w)
+        joint = joint.masked_fill((score == inf)[..., None], inf)  # (B, K, M)
+        new_att = new_att.gather(2, cand)
+        joint_cpu, cand_cpu, score_cpu = joint.cpu(), cand.cpu(), score.cpu()  # the walk reads them one by one
+        picks, filled, going = [], [], []  # per new row: flat index into (B, K, M), whether it holds a hypothesis
+        for b, u in enumerate(live):
+            alive = _walk(b, joint_cpu, cand_cpu, tokens, finished[u], step, step < limit[u])
+            if step == limit[u]:  # out of tokens: the rows finish as they are
+                for k in range(K):
+                    if score_cpu[b, k] > inf:
+                        finished[u].add(tokens[b * K + k], float(score_cpu[b, k]), step)
+            if alive and not finished[u].full:
+                going.append(b)
+                picks += alive + [(b * K + k) * M for k in range(len(alive), K)]  # unused rows stay put
+                filled += [True] * len(alive) + [False] * (K - len(alive))
+        if not going:
+            break
+        src = torch.tensor(picks, device=dev)  # (B'*K,): new row i continues candidate src[i]
+        rows = src // M  # the row (hypothesis) each new row continues
+        new_tokens = cand.flatten()[src]  # (B'*K,)
+        score = joint.flatten()[src].masked_fill(~torch.tensor(filled, device=dev), inf).view(-1, K)
+        att, last = new_att.flatten()[src].view(-1, K), new_tokens.view(-1, K)
+        if ctc is not None:
+            r = r_cand.flatten(0, 2)[src].view(-1, K, *r.shape[2:])
+        tokens = [tokens[row] + [c] for row, c in zip(rows.tolist(), new_tokens.tolist())]
+        if len(going) < B:  # finished utterances leave the batch: every slot of the rows that stay is copied
+            state.select(rows)
+            if ctc is not None:
+                ctc = ctc.select(torch.tensor(going, device=dev))
+            live = [live[b] for b in going]
+        else:
+            state.reorder(rows)
+        logits = state.step(new_tokens)
+    return [f.best() for f in finished]
+
+
+def _walk(b: int, joint, cand, tokens, finished: Finished, step: int, may_grow: bool) -> list[int]:
+    """Candidates of utterance b best first: EOS ones finish, the first K others (if may_grow) live on.
+
+    Returns flat indices into (B, K, M) of the survivors.
+    """
+    _, K, M = joint.shape
+    flat = joint[b].flatten()  # (K*M,)
+    alive = []
+    for i in flat.argsort(descending=True).tolist():
+        if flat[i] == float("-inf") or len(alive) == K:
+            break
+        k = i // M
+        if int(cand[b, k, i % M]) == EOS:
+            finished.add(tokens[b * K + k], float(flat[i]), step + 1)
+        elif may_grow:
+            alive.append(b * K * M + i)
+    return alive

@@ -1,0 +1,313 @@
+"""decode.py and search.py on a tiny random model: the release's decoding against a naive re-implementation,
+batching, beam and joint search against their special cases, and the command line on good and bad files."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import decode
+from ctc import CTCPrefixScorer
+from decoder import Llama, LlamaConfig, save_llama
+from encoder import EncoderConfig
+from mel import SAMPLE_RATE, batch_log_mel, log_mel_spectrogram
+from model import ASRModel, load_model, save_model
+from search import NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
+from tokenizer import Tokenizer, train_sentencepiece
+
+REPO = Path(__file__).resolve().parent.parent
+KAZAKH = [
+    "қазақстан республикасының астанасы астана қаласы",
+    "мектепте оқушылар ұстаздың айтқанын мұқият тыңдады",
+    "өзен жағасында үлкен тау көрінеді",
+    "һауа райы бүгін жақсы болады деп күтілуде",
+    "ғылым мен өнер елдің болашағы",
+    "әкем мен анам ауылда тұрады",
+    "біз кітап оқығанды ұнатамыз",
+    "шығыс қазақстан облысында қар жауды",
+]
+
+
+def randomise(model, seed=0):
+    """Weights large enough for clear argmax margins (0.02-std init leaves near-ties everywhere)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.rand(p.shape, generator=g) + 0.5 if "norm" in name else torch.randn(p.shape, generator=g) * 0.15)
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models are all overhead: one thread avoids OpenMP spin-waits on a shared 2-core machine (10x here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random ASR model saved as a model folder, with a sentencepiece tokenizer trained on Kazakh lines."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "text.txt").write_text("\n".join(KAZAKH * 5) + "\n", encoding="utf-8")
+    tok_path = train_sentencepiece(str(root / "text.txt"), str(root / "kk"), vocab_size=320)
+    tok = Tokenizer.load(tok_path)
+    torch.manual_seed(0)
+    llm = randomise(Llama(LlamaConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                      ffn_dim=160, max_seq_len=1024)))
+    save_llama(llm, root / "llm")
+    model = ASRModel(EncoderConfig(dim=64, n_heads=4, n_layers=2, dropout=0.0), llm, tok.vocab_size)
+    randomise(model.encoder, 1), randomise(model.projector, 2), randomise(model.ctc_head, 3)
+    save_model(model, root / "model", tokenizer=tok_path, decoder=root / "llm", copy_decoder=True)
+    model = load_model(root / "model")
+    return SimpleNamespace(root=root, folder=root / "model", tok=tok, model=model, llm=model.llm)
+
+
+def wave(seconds, seed=0):
+    """A deterministic test signal: tones plus a little noise, (samples,) at 16 kHz."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return 0.3 * torch.sin(2 * math.pi * (220 + 40 * seed) * t) + 0.05 * torch.randn(t.shape, generator=g)
+
+
+def transcriber(tiny, **opts):
+    return decode.Transcriber(tiny.model, tiny.tok, decode.DecodeOptions(**opts))
+
+
+def mels(seconds=(2.0, 1.2, 3.1)):
+    """Padded log-mels (B, 80, T) and lengths of a few test signals."""
+    return batch_log_mel([wave(s, i) for i, s in enumerate(seconds)])
+
+
+def audio_embeds(tiny, seconds=(2.0, 1.2, 3.1)):
+    """Padded audio embeddings (B, T', d) and encoder lengths of a few test signals."""
+    _, audio, enc_len = tiny.model.encode(*mels(seconds))
+    return audio, enc_len
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the release's decoding
+
+def naive_reference(llm, audio, max_tokens, penalty=1.15, n=3):
+    """SPEC §9 without a cache: the whole sequence recomputed at every step, the rules written out plainly."""
+    tokens = []
+    while len(tokens) < max_tokens:
+        x = audio if not tokens else torch.cat([audio, llm.embed(torch.tensor([tokens]))], dim=1)
+        logits = llm.logits(llm(x))[0, -1].clone()
+        for t in set(tokens):
+            logits[t] = logits[t] * penalty if logits[t] < 0 else logits[t] / penalty
+        if len(tokens) >= n - 1:
+            for i in range(len(tokens) - n + 1):
+                if tokens[i:i + n - 1] == tokens[len(tokens) - n + 1:]:
+                    logits[tokens[i + n - 1]] = float("-inf")
+        token = int(logits.argmax())
+        if token == 0:
+            break
+        tokens.append(token)
+    return tokens
+
+
+@torch.no_grad()
+def test_reference_matches_naive_no_cache(tiny):
+    for seed, seconds in [(0, 2.0), (1, 4.5)]:
+        _, audio, _ = tiny.model.encode(log_mel_spectrogram(wave(seconds, seed))[None])
+        want = naive_reference(tiny.llm, audio, 60)
+        got = reference_greedy(tiny.llm, audio, 60)
+        assert got == want
+        plain = greedy_tokens(tiny.llm, audio, None, 60)
+        assert got != plain  # the filters did something on this input: the comparison above tests them
+    assert len(set(got)) < len(got)  # ids repeat: the penalty had something to act on
+
+
+def test_filters_match_transformers():
+    transformers = pytest.importorskip("transformers")
+    g = torch.Generator().manual_seed(0)
+    for L in range(0, 12):
+        tokens = torch.randint(0, 6, (L,), generator=g).tolist()  # a small alphabet: repeats and trigrams
+        logits = torch.randn(1, 10, generator=g) * 3
+        want = transformers.RepetitionPenaltyLogitsProcessor(1.15)(torch.tensor([tokens], dtype=torch.long),
+                                                                    logits.clone())
+        want = transformers.NoRepeatNGramLogitsProcessor(3)(torch.tensor([tokens], dtype=torch.long), want)
+        got = logits[0].clone()
+        RepetitionPenalty(1.15).apply(got, tokens)
+        NoRepeatNGram(3).apply(got, tokens)
+        torch.testing.assert_close(got, want[0])
+
+
+def test_reference_mode_cuts_at_15s_and_silence_is_bounded(tiny):
+    t = transcriber(tiny, mode="reference")
+    long, first = wave(17.0), wave(17.0)[: 15 * SAMPLE_RATE]
+    a, b = t.transcribe([long, first])
+    assert a["text"] == b["text"] and a["text"]
+    with torch.no_grad():
+        _, audio, _ = tiny.model.encode(log_mel_spectrogram(torch.zeros(5 * SAMPLE_RATE))[None])
+        tokens = reference_greedy(tiny.llm, audio)
+    assert len(tokens) <= 256
+    trigrams = [tuple(tokens[i:i + 3]) for i in range(len(tokens) - 2)]
+    assert len(trigrams) == len(set(trigrams))  # never a loop: no trigram twice
+
+
+def test_reference_chunked_joins_chunk_texts(tiny):
+    wav = wave(26.5)
+    chunked = transcriber(tiny, mode="reference", chunked=True).transcribe([wav])[0]["text"]
+    one = transcriber(tiny, mode="reference")
+    parts = [one.transcribe([wav[s: s + 15 * SAMPLE_RATE]])[0]["text"] for s in (0, 12 * SAMPLE_RATE, 24 * SAMPLE_RATE)]
+    assert chunked == " ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# batching, beam and joint search
+
+@pytest.mark.parametrize("mode", ["greedy", "beam", "joint", "ctc"])
+def test_batched_equals_one_at_a_time(tiny, mode):
+    waves = [wave(s, i) for i, s in enumerate([1.3, 2.7, 0.6, 3.9, 2.0])]
+    together = transcriber(tiny, mode=mode, batch_size=5, beam_size=3, max_tokens=12).transcribe(waves)
+    alone = transcriber(tiny, mode=mode, batch_size=1, beam_size=3, max_tokens=12).transcribe(waves)
+    assert [r["text"] for r in together] == [r["text"] for r in alone]
+    assert len({r["text"] for r in together}) >= 3  # the items differ: a mix-up between them would show
+
+
+def test_beam_of_one_is_greedy(tiny):
+    audio, enc_len = audio_embeds(tiny)
+    greedy = greedy_tokens(tiny.llm, audio, enc_len, max_tokens=20)
+    beam = beam_search(tiny.llm, audio, enc_len, beam=1, max_tokens=20)
+    assert beam == greedy and all(greedy)
+
+
+def test_joint_with_ctc_weight_0_is_attention_beam_search(tiny):
+    audio, enc_len = audio_embeds(tiny)
+    with torch.no_grad():
+        lp = tiny.model.ctc_log_probs(tiny.model.encode(*mels())[0])
+    for k in (2, 4):
+        beam = beam_search(tiny.llm, audio, enc_len, beam=k, max_tokens=15)
+        joint = beam_search(tiny.llm, audio, enc_len, beam=k, max_tokens=15, ctc=CTCPrefixScorer(lp, enc_len),
+                            ctc_weight=0.0)
+        assert joint == beam
+    assert beam != greedy_tokens(tiny.llm, audio, enc_len, 15)  # beam search found other hypotheses here
+
+
+def spelled(tokens, frames, B=1, V=320, p=0.98):
+    """CTC log-probs (B, frames, V) that spell `tokens` with near certainty: each label, then a blank."""
+    lp = torch.full((B, frames, V), math.log((1 - p) / (V - 1)))
+    path = [t for tok in tokens for t in (tok, 0)]
+    path += [0] * (frames - len(path))
+    for t, c in enumerate(path):
+        lp[:, t, c] = math.log(p)
+    return lp
+
+
+def test_joint_follows_a_confident_ctc(tiny):
+    audio, enc_len = audio_embeds(tiny, (1.0,))
+    target = [17, 42, 42, 99, 5]  # a repeated label needs its blank in between
+    lp = spelled(target, audio.shape[1])
+    got = beam_search(tiny.llm, audio, enc_len, beam=3, max_tokens=20, ctc=CTCPrefixScorer(lp, enc_len),
+                      ctc_weight=0.8)
+    assert got == [target]
+    assert beam_search(tiny.llm, audio, enc_len, beam=3, max_tokens=20) != [target]
+
+
+def test_beam_and_joint_stay_within_the_frames(tiny):
+    """Silence: at most one token per encoder frame, whatever the decoder would like to say."""
+    silence = torch.zeros(SAMPLE_RATE // 2)  # 0.5 s -> 13 encoder frames
+    for mode in ("beam", "joint", "greedy"):
+        r = transcriber(tiny, mode=mode, max_tokens=256 if mode != "greedy" else 13).transcribe([silence])[0]
+        assert len(tiny.tok.encode(r["text"])) <= 2 * 13
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# long audio through the Transcriber
+
+def test_long_file_streams_and_matches_in_memory(tiny, tmp_path):
+    wav = wave(27.0, 3)
+    sf.write(tmp_path / "long.wav", wav.numpy(), SAMPLE_RATE, subtype="FLOAT")
+    t = transcriber(tiny, mode="ctc", batch_size=2, timestamps=True)  # random CTC: many short words
+    from_file, from_tensor = t.transcribe([str(tmp_path / "long.wav"), wav])
+    assert from_file["text"] == from_tensor["text"] and from_file["words"] == from_tensor["words"]
+    words = from_file["words"]
+    assert " ".join(w["word"] for w in words) == from_file["text"] and len(words) > 20  # three windows' worth
+    starts = [w["start"] for w in words]
+    assert starts == sorted(starts) and 0 <= starts[0] and words[-1]["end"] <= 27.0 + 0.04
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the command line
+
+def run_cli(*args, cwd=REPO):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    return subprocess.run([sys.executable, str(REPO / "decode.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=120, env=env)
+
+
+def bad_files(d: Path) -> dict:
+    """One of each kind of unusable input, by name."""
+    files = {"missing": d / "missing.wav", "folder": d / "folder.wav", "empty": d / "empty.wav",
+             "not_audio": d / "notes.wav", "zero": d / "zero.wav", "truncated": d / "cut.wav"}
+    files["folder"].mkdir()
+    files["empty"].write_bytes(b"")
+    files["not_audio"].write_text("this is not audio\n")
+    sf.write(files["zero"], np.zeros(0, dtype=np.float32), SAMPLE_RATE)
+    sf.write(d / "full.wav", wave(2.0).numpy(), SAMPLE_RATE, subtype="PCM_16")
+    files["truncated"].write_bytes((d / "full.wav").read_bytes()[:20000])
+    return files
+
+
+def test_cli_bad_inputs_one_line_each_and_others_transcribed(tiny, tmp_path):
+    good = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    for i, g in enumerate(good):
+        sf.write(g, wave(1.5 + i, i).numpy(), SAMPLE_RATE)
+    bad = bad_files(tmp_path)
+    r = run_cli("--model", tiny.folder, "--max-tokens", 6, "--beam-size", 2, good[0], *bad.values(), good[1])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == len(bad)
+    for line, path in zip(lines, bad.values()):
+        assert str(path) in line
+    out = [line.split("\t") for line in r.stdout.splitlines()]
+    assert [o[0] for o in out] == [str(g) for g in good] and all(len(o) == 2 for o in out)
+
+
+def test_cli_jsonl_timestamps(tiny, tmp_path, capsys):
+    sf.write(tmp_path / "a.wav", wave(2.5).numpy(), SAMPLE_RATE)
+    sf.write(tmp_path / "b.flac", np.stack([wave(1.0, 1).numpy()] * 2, 1), SAMPLE_RATE)  # stereo flac
+    model = ["--model", str(tiny.folder), "--mode", "ctc"]
+    assert decode.main([*model, "--format", "jsonl", "--timestamps", str(tmp_path / "a.wav"),
+                        str(tmp_path / "b.flac")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["audio"] for row in rows] == [str(tmp_path / "a.wav"), str(tmp_path / "b.flac")]
+    for row, seconds in zip(rows, (2.5, 1.0)):
+        assert row["text"] and [w["word"] for w in row["words"]] == row["text"].split()
+        for w in row["words"]:
+            assert 0 <= w["start"] < w["end"] <= seconds + 0.04
+    assert decode.main([*model, str(tmp_path / "a.wav")]) == 0  # one file, text: the transcript alone
+    assert capsys.readouterr().out == rows[0]["text"] + "\n"
+
+
+def test_cli_refuses_a_wrong_vocabulary_and_bad_options(tiny, tmp_path, capsys):
+    # a release-format checkpoint (every tensor not under llm.) whose CTC head has fewer ids than the tokenizer
+    sd = {k: v for k, v in tiny.model.state_dict().items() if not k.startswith("llm.")}
+    sd["ctc_head.weight"], sd["ctc_head.bias"] = sd["ctc_head.weight"][:300], sd["ctc_head.bias"][:300]
+    torch.save(sd, tmp_path / "model.pt")
+    args = ["--checkpoint", tmp_path / "model.pt", "--decoder", tiny.root / "llm", "--tokenizer", tiny.tok.path]
+    assert decode.main([*map(str, args), "x.wav"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "300" in err and "320" in err
+    for flags, says in [(["--mode", "reference", "--dtype", "bfloat16"], "float32"), (["--ctc-weight", "2"], "[0, 1]"),
+                        (["--window", "60", "--overlap", "5"], "positions"), (["--overlap", "9"], "half")]:
+        assert decode.main(["--model", str(tiny.folder), *flags, "x.wav"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(decode.DEFAULT_MODEL.exists(), reason="the teaching model is in the repo now")
+def test_cli_without_the_teaching_model_says_how_to_run_the_release(tmp_path):
+    r = run_cli(tmp_path / "x.wav")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "models/teach" in r.stderr and "--checkpoint" in r.stderr
