@@ -120,7 +120,12 @@ def _mid(w: dict) -> float:
 
 
 def splice(left: list[dict], right: list[dict], lo: float, hi: float) -> list[dict]:
-    """Join two windows' words that overlap in time [lo, hi): left's words before the seam, right's from it."""
+    """Join two windows' words that overlap in time [lo, hi): left's words before the seam, right's from it.
+
+    The seam is an agreed word (same word, about the same time) next to the middle of the overlap. Between the
+    last agreed word before the middle and the first after it, the windows may disagree; that stretch is
+    taken from the window it lies deeper in: from the left one if it centres before the middle, else the right.
+    """
     cut = (lo + hi) / 2
     li = [i for i, w in enumerate(left) if _mid(w) >= lo]  # left's words inside the overlap
     ri = [j for j, w in enumerate(right) if _mid(w) < hi]  # right's words inside the overlap
@@ -128,10 +133,18 @@ def splice(left: list[dict], right: list[dict], lo: float, hi: float) -> list[di
                                       autojunk=False)
     agreed = [(li[a + k], ri[b + k]) for a, b, size in matcher.get_matching_blocks() for k in range(size)
               if abs(left[li[a + k]]["start"] - right[ri[b + k]]["start"]) <= AGREE_SECONDS]
-    if agreed:  # the agreed word nearest the middle of the overlap: left's words before it, right's from it on
-        i, j = min(agreed, key=lambda p: abs(_mid(left[p[0]]) - cut))
+    if not agreed:  # nothing in common: cut by time
+        return [w for w in left if _mid(w) < cut] + [w for w in right if _mid(w) >= cut]
+    before = [p for p in agreed if _mid(left[p[0]]) < cut]
+    after = [p for p in agreed if _mid(left[p[0]]) >= cut]
+    if not before or not after:
+        i, j = after[0] if after else before[-1]
         return left[:i] + right[j:]
-    return [w for w in left if _mid(w) < cut] + [w for w in right if _mid(w) >= cut]
+    (i0, j0), (i1, j1) = before[-1], after[0]
+    gap = left[i0 + 1: i1] + right[j0 + 1: j1]  # both windows' words between the two agreed ones
+    if gap and sum(_mid(w) for w in gap) / len(gap) >= cut:
+        return left[:i0] + right[j0:]  # the disputed stretch lies past the middle: the right window's
+    return left[:i1] + right[j1:]
 
 
 def spread_times(words: list[str], start: float, end: float) -> list[dict]:

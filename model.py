@@ -182,6 +182,8 @@ def load_model(folder, dtype=torch.float32, device="cpu", decoder=None) -> ASRMo
     config = json.loads(cfg_path.read_text())
     if config.get("format") != "sozkz-asr":
         raise ValueError(f"{cfg_path}: not a sozkz-asr model config")
+    if not decoder and "decoder" not in config:
+        raise ValueError(f"{cfg_path}: names no decoder folder; pass one (decode.py --decoder LLAMA_DIR)")
     decoder = Path(decoder) if decoder else (folder / config["decoder"])
     llm = load_llama(decoder, dtype=dtype, device="cpu")
     if config["vocab_size"] > llm.vocab_size:

@@ -46,6 +46,18 @@ def test_merge_with_timing_jitter_between_windows():
     assert merged[:25] == TRUTH[:25] and len(merged) == len(set(merged))
 
 
+@pytest.mark.parametrize("where, fixed", [(11.2, "left"), (13.0, "right")])
+def test_merge_takes_a_disputed_word_from_the_window_it_lies_deeper_in(where, fixed):
+    """Word 11 (or 13) is misheard by the window in which it sits nearer the edge: the other one's is kept."""
+    k = int(where)
+    left, right = heard(0, 15), heard(10, 25)
+    wrong = right if fixed == "left" else left
+    for w in wrong:
+        if w["word"] == TRUTH[k]:
+            w["word"] = "қате"
+    assert [w["word"] for w in merge_words([(0, 15, left), (10, 25, right)])] == TRUTH[:25]
+
+
 def test_merge_without_agreement_cuts_in_the_middle():
     """Two windows that hear the overlap differently: each keeps its own half, nothing twice."""
     left = [{"word": f"a{i}", "start": i, "end": i + 0.5} for i in range(15)]
