@@ -270,17 +270,20 @@ def add_decoding_args(p: argparse.ArgumentParser):
     d.add_argument("--chunked", action="store_true",
                    help="reference: the original's chunking (15 s chunks every 12 s, a last chunk under 1 s "
                         "dropped, repeated chunk texts removed) instead of cutting at 15 s")
-    d.add_argument("--window", type=float, default=DecodeOptions.window,
-                   help="long files (not reference): window length in seconds (default: %(default)s, the "
-                        "training length)")
-    d.add_argument("--overlap", type=float, default=DecodeOptions.overlap,
-                   help="long files: seconds shared by neighbouring windows, spliced in the middle "
-                        "(default: %(default)s)")
+    d.add_argument("--window", type=float, default=None,
+                   help=f"long files (not reference): window length in seconds (default: the model folder's "
+                        f"`decode.window`, else {DecodeOptions.window}, the release's training length)")
+    d.add_argument("--overlap", type=float, default=None,
+                   help=f"long files: seconds shared by neighbouring windows, spliced in the middle (default: the "
+                        f"model folder's `decode.overlap`, else {DecodeOptions.overlap})")
     return p
 
 
-def options_from_args(args) -> DecodeOptions:
-    return DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions) if hasattr(args, f.name)})
+def options_from_args(args, folder_defaults: dict | None = None) -> DecodeOptions:
+    """Flags given on the command line, else the model folder's `decode` defaults, else DecodeOptions'."""
+    given = {f.name: getattr(args, f.name) for f in fields(DecodeOptions) if getattr(args, f.name, None) is not None}
+    known = {f.name for f in fields(DecodeOptions)}
+    return DecodeOptions(**{**{k: v for k, v in (folder_defaults or {}).items() if k in known}, **given})
 
 
 def load(args) -> Transcriber:
@@ -289,7 +292,10 @@ def load(args) -> Transcriber:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    options = options_from_args(args)
+    folder = None if args.checkpoint else (Path(args.model) if args.model else DEFAULT_MODEL)
+    config = folder / "config.json" if folder else None
+    defaults = json.loads(config.read_text()).get("decode", {}) if config and config.is_file() else {}
+    options = options_from_args(args, defaults)  # e.g. the teaching model's shorter windows
     if options.mode == "reference" and dtype != torch.float32:
         raise ValueError("--mode reference is float32 by definition (SPEC §9); drop --dtype bfloat16")
     if args.checkpoint:
@@ -298,7 +304,6 @@ def load(args) -> Transcriber:
         tokenizer = Tokenizer.load(args.tokenizer)
         model = load_release(args.checkpoint, args.decoder, tokenizer_vocab=tokenizer.vocab_size, dtype=dtype)
     else:
-        folder = Path(args.model) if args.model else DEFAULT_MODEL
         if not (folder / "config.json").is_file():
             if args.model:
                 raise ValueError(f"{folder}: not a model folder (no config.json)")

@@ -26,6 +26,10 @@ def main(argv=None):
     p.add_argument("--test", default="data/synth/test.jsonl", help="held-out manifest to take samples from")
     p.add_argument("--samples", default="samples", help="folder for the sample wavs (default: %(default)s)")
     p.add_argument("--n-samples", type=int, default=3, help="samples to copy (default: %(default)s)")
+    p.add_argument("--window", type=float, default=8.0,
+                   help="decode.py's default window for long files with this model: it was trained on clips of "
+                        "at most 10 s, so windows near that length decode best (default: %(default)s)")
+    p.add_argument("--overlap", type=float, default=3.0, help="overlap of those windows (default: %(default)s)")
     args = p.parse_args(argv)
 
     src = Path(args.model)
@@ -33,7 +37,8 @@ def main(argv=None):
     model = load_model(src)
     save_model(model, args.out, tokenizer=tokenizer_path(src), decoder=(src / config["decoder"]).resolve(),
                copy_decoder=True, dtype=torch.float16,  # half the bytes; loaded back as float32
-               extra_config={k: config[k] for k in ("stage", "step", "valid_wer", "valid_cer") if k in config})
+               extra_config={**{k: config[k] for k in ("stage", "step", "valid_wer", "valid_cer") if k in config},
+                             "decode": dict(window=args.window, overlap=args.overlap)})
     size = sum(f.stat().st_size for f in Path(args.out).rglob("*") if f.is_file())
     print(f"{args.out}: {size / 1e6:.1f} MB")
 
