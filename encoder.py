@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from decoder import RMSNorm, apply_rope, rope_tables  # the same RMSNorm and rotate-half RoPE as the Llama decoder
+
 
 @dataclass
 class EncoderConfig:
@@ -46,39 +48,6 @@ ENCODER_PRESETS = {
     "teach": dict(dim=192, n_heads=4, n_layers=6, n_convs=2),   # the small teaching model trained on a CPU
     "tiny": dict(dim=64, n_heads=2, n_layers=2, n_convs=2),     # tests and smoke runs
 }
-
-
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 and cast back (as the original and HF Llama do)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
-
-
-def rope_tables(n_pos: int, head_dim: int, base: float, device=None):
-    """cos, sin of shape (n_pos, head_dim) for positions 0..n_pos-1, `cat(angles, angles)` layout."""
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(n_pos, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
-    emb = torch.cat([angles, angles], dim=-1)  # (T, hd)
-    return emb.cos(), emb.sin()
-
-
-def rotate_half(x):
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
-def apply_rope(x, cos, sin):
-    """x: (B, H, T, hd); cos/sin: (T, hd). The rotate-half convention of SPEC section 2."""
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
 
 def subsampled_lengths(lengths: torch.Tensor, n_convs: int = 2) -> torch.Tensor:
@@ -151,7 +120,7 @@ class AudioEncoder(nn.Module):
                 x = x * _keep(out_lengths, x.shape[-1])[:, None, :].to(x.dtype)
         x = self.norm(x.transpose(1, 2))  # (B, T', d)
         T = x.shape[1]
-        cos, sin = rope_tables(T, self.cfg.dim // self.cfg.n_heads, self.cfg.rope_base, x.device)
+        cos, sin = rope_tables(self.cfg.dim // self.cfg.n_heads, T, self.cfg.rope_base, x.device)  # (T', hd)
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         # padded keys hidden from every query: (B, 1, 1, T')
         mask = None if out_lengths is None else _keep(out_lengths, T)[:, None, None, :]

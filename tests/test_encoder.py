@@ -3,8 +3,8 @@ import re
 
 import torch
 
-from encoder import (ENCODER_PRESETS, AudioEncoder, EncoderConfig, Projector, RMSNorm, apply_rope, rope_tables,
-                     rotate_half, subsampled_lengths)
+from decoder import RMSNorm, apply_rope, rope_tables, rotate_half
+from encoder import ENCODER_PRESETS, AudioEncoder, EncoderConfig, Projector, subsampled_lengths
 
 TINY = EncoderConfig(n_mels=80, dim=64, n_heads=4, n_layers=2, n_convs=2, dropout=0.0)
 
@@ -55,7 +55,7 @@ def test_rmsnorm_is_computed_in_float32_and_cast_back():
 
 
 def test_rope_tables_by_hand_and_relative_positions():
-    cos, sin = rope_tables(3, 4, 10000.0)
+    cos, sin = rope_tables(4, 3, 10000.0)  # head_dim 4, 3 positions
     # inv_freq = [1, 1/100]; position 2: angles [2, 0.02], laid out cat(angles, angles)
     torch.testing.assert_close(cos[2], torch.tensor([2.0, 0.02, 2.0, 0.02]).cos())
     torch.testing.assert_close(sin[2], torch.tensor([2.0, 0.02, 2.0, 0.02]).sin())
@@ -63,7 +63,7 @@ def test_rope_tables_by_hand_and_relative_positions():
     # q.k after RoPE depends only on the position difference
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
-    cos, sin = rope_tables(20, 16, 10000.0)
+    cos, sin = rope_tables(16, 20, 10000.0)
     dot = lambda i, j: (apply_rope(q, cos[i:i + 1], sin[i:i + 1]) * apply_rope(k, cos[j:j + 1], sin[j:j + 1])).sum()
     torch.testing.assert_close(dot(5, 2), dot(13, 10))
     assert not torch.allclose(dot(5, 2), dot(5, 3))
