@@ -24,12 +24,8 @@ from decoder import Llama, LlamaConfig, save_llama
 from tokenizer import Tokenizer
 
 
-def load_blocks(text_path, tokenizer, seq_len, valid_fraction, seed, copy_fraction=0.0):
-    """
-    Text file -> (train, valid) LongTensors of shape (n_blocks, seq_len + 1), packed with EOS between lines.
-    copy_fraction: that share of training lines is written twice in a row ("line EOS line EOS"), so the model learns
-    to copy from its context. A frozen decoder reads the audio prefix only through such context-copying attention.
-    """
+def load_blocks(text_path, tokenizer, seq_len, valid_fraction, seed):
+    """Text file -> (train, valid) LongTensors of shape (n_blocks, seq_len + 1), packed with EOS between lines."""
     try:
         lines = [l.strip() for l in open(text_path, encoding="utf-8") if l.strip()]
     except OSError as e:
@@ -38,10 +34,9 @@ def load_blocks(text_path, tokenizer, seq_len, valid_fraction, seed, copy_fracti
         raise ValueError(f"{text_path}: no text")
     random.Random(seed).shuffle(lines)
     n_valid = max(1, int(len(lines) * valid_fraction))
-    rng, out = random.Random(seed), []
-    for part, p_copy in ((lines[n_valid:], copy_fraction), (lines[:n_valid], 0.0)):  # valid: plain text
-        twice = [2 if rng.random() < p_copy else 1 for _ in part]
-        ids = [i for line, k in zip(part, twice) for i in (tokenizer.encode(line) + [tokenizer.eos_id]) * k]
+    out = []
+    for part in (lines[n_valid:], lines[:n_valid]):
+        ids = [i for line in part for i in tokenizer.encode(line) + [tokenizer.eos_id]]
         n = max(1, (len(ids) - 1) // seq_len)
         ids = torch.tensor((ids * 2)[: n * seq_len + 1])  # a tiny valid split may need to wrap once
         out.append(torch.stack([ids[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)]))
@@ -69,9 +64,6 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, cosine decay (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: %(default)s)")
     p.add_argument("--valid-fraction", type=float, default=0.02, help="lines held out (default: %(default)s)")
-    p.add_argument("--copy-fraction", type=float, default=0.0,
-                   help="share of training lines repeated right after themselves, to teach copying from context "
-                        "(default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the weights are saved in (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -85,7 +77,7 @@ def main(argv=None):
 def run(args):
     torch.manual_seed(args.seed)
     tok = Tokenizer.load(args.tokenizer)
-    train, valid = load_blocks(args.text, tok, args.seq_len, args.valid_fraction, args.seed, args.copy_fraction)
+    train, valid = load_blocks(args.text, tok, args.seq_len, args.valid_fraction, args.seed)
     cfg = LlamaConfig(vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
                       n_kv_heads=args.n_kv_heads, ffn_dim=args.ffn_dim, max_seq_len=2048, tie_embeddings=True,
                       bos_id=tok.eos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)

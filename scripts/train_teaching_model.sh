@@ -17,5 +17,5 @@ stage ctc python train.py --preset teach --stage ctc --train data/synth/train.js
     --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/ctc"
 stage e2e python train.py --preset teach --stage e2e --init "$RUN/ctc/best" --train data/synth/train.jsonl \
     --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/e2e" \
-    --epochs 2 --lr 1e-3
+    --epochs 2 --lr 1e-3 --stop-at 400  # the shipped model: step 400 of the 750-step schedule (README)
 stage ship python scripts/ship_teaching_model.py --model "$RUN/e2e/best" --out models/teach
