@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the teaching model from nothing, on a CPU: data -> tokenizer -> small Llama -> CTC -> E2E -> models/teach/.
 #   bash scripts/train_teaching_model.sh            (about 1 hour on 2 cores; each stage's time is printed)
-# Every stage is a plain command you can run alone; outputs go to data/synth/ and runs/teach/.
+# Every stage is a plain command you can run alone; outputs go to data/synth/ and $RUN (runs/teach/); the shipped
+# model to $SHIP_TO (models/teach/) and samples to $SAMPLES_TO (samples/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # 1 thread + 1 data worker: on 2 busy cores, 2 threads each thrash
@@ -18,4 +19,5 @@ stage ctc python train.py --preset teach --stage ctc --train data/synth/train.js
 stage e2e python train.py --preset teach --stage e2e --init "$RUN/ctc/best" --train data/synth/train.jsonl \
     --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/e2e" \
     --epochs 2 --lr 1e-3 --stop-at 400  # the shipped model: step 400 of the 750-step schedule (README)
-stage ship python scripts/ship_teaching_model.py --model "$RUN/e2e/best" --out models/teach
+stage ship python scripts/ship_teaching_model.py --model "$RUN/e2e/best" --out "${SHIP_TO:-models/teach}" \
+    --samples "${SAMPLES_TO:-samples}"
