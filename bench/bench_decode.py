@@ -36,6 +36,11 @@ from search import reference_greedy  # noqa: E402
 
 RELEASE_LLM = dict(vocab_size=50257, dim=1024, n_layers=18, n_heads=16, n_kv_heads=16, ffn_dim=3584)
 TEACH_LLM = dict(vocab_size=4000, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=704)
+# part 3's models: the teaching size (attention over each row's own audio dominates: batching saves little), and a
+# mid size with the release's 100000-id vocabulary (reading the weights dominates, as at the release's size)
+BATCH_MODELS = {"teach": (TEACH_LLM, "teach", 4000),
+                "mid": (dict(vocab_size=50257, dim=512, n_layers=8, n_heads=8, n_kv_heads=8, ffn_dim=1536), "150m",
+                        100000)}
 
 
 def random_model(llm_dims: dict, encoder: str, vocab: int) -> ASRModel:
@@ -138,10 +143,11 @@ def part_release(steps: int, repeat: int, with_hf: bool, with_bf16: bool):
 
 
 @torch.no_grad()
-def part_batching(steps: int, repeat: int, files: int, modes: list[str]):
-    print(f"== 3. {files} files (3-8 s) batched vs one at a time; random teaching-size model "
-          f"(encoder 'teach' 192x6, Llama 256x4, 4000 ids), {steps} tokens max")
-    model = random_model(TEACH_LLM, "teach", 4000)
+def part_batching(steps: int, repeat: int, files: int, modes: list[str], size: str = "teach"):
+    llm, encoder, vocab = BATCH_MODELS[size]
+    print(f"== 3. {files} files (3-8 s) batched vs one at a time; random model '{size}' (encoder '{encoder}', "
+          f"Llama {llm['dim']}x{llm['n_layers']}, {vocab} ids), {steps} tokens max")
+    model = random_model(llm, encoder, vocab)
     g = torch.Generator().manual_seed(0)
     waves = [torch.randn(int((3 + 5 * i / max(1, files - 1)) * SAMPLE_RATE), generator=g) * 0.1 for i in range(files)]
     for mode in modes:
@@ -174,6 +180,8 @@ def main():
     p.add_argument("--parts", default="1,2,3", help="which parts to run, comma-separated (default: %(default)s)")
     p.add_argument("--files", type=int, default=16, help="part 3: files in the batch (default: %(default)s)")
     p.add_argument("--modes", default="greedy,joint", help="part 3: decoding modes (default: %(default)s)")
+    p.add_argument("--batch-model", choices=list(BATCH_MODELS), default="teach",
+                   help="part 3: model size (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     args = p.parse_args()
     if args.threads:
@@ -184,7 +192,7 @@ def main():
     if parts & {"1", "2"}:
         part_release(args.steps, args.repeat, "1" in parts, "2" in parts)
     if "3" in parts:
-        part_batching(args.steps, args.repeat, args.files, args.modes.split(","))
+        part_batching(args.steps, args.repeat, args.files, args.modes.split(","), args.batch_model)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
