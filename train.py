@@ -246,10 +246,8 @@ def make_optimizer(model, cfg: TrainConfig):
 
 
 def make_loader(dataset, cfg: TrainConfig, rank, world, shuffle=True):
-    batch_size = cfg.batch_size
-    sampler = BatchSampler(dataset.durations(), batch_size, cfg.seed, cfg.bucket and shuffle, rank, world)
-    if not shuffle:
-        sampler.bucket = False
+    """Batches of cfg.batch_size for this rank; length-bucketed for training (shuffle), plain for validation."""
+    sampler = BatchSampler(dataset.durations(), cfg.batch_size, cfg.seed, cfg.bucket and shuffle, rank, world)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed))  # own generator: the global RNG stays for dropout
