@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from decoder import CheckpointError, Llama, LlamaConfig, load_llama, save_llama
@@ -120,6 +121,23 @@ def test_extend_vocab_frozen_reproduces_mean_rows(tie):
     torch.testing.assert_close(new, new[..., :1].expand_as(new))  # the release cannot tell these ids apart
     assert not torch.allclose(logits[..., :300], logits[..., :1].expand(1, 6, 300))
     assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@torch.no_grad()
+def test_repeated_rows_scored_once_equal_the_full_matmul_and_see_changes(tie):
+    model = tiny_llama(tie_embeddings=tie).freeze()
+    model.extend_vocab(450, trainable=False)
+    h = model(torch.randn(2, 3, 64))
+    full = lambda: torch.cat([model.logits(h)[..., :300], F.linear(h, model.new_rows if tie else
+                                                                       model.output_new_rows)], -1)
+    assert model._one_row_repeated(model.new_rows if tie else model.output_new_rows)
+    torch.testing.assert_close(model.logits(h), full(), atol=1e-6, rtol=1e-6)
+    rows = model.new_rows if tie else model.output_new_rows
+    rows[7] += 1.0  # an in-place change: the rows are no longer one row repeated
+    assert not model._one_row_repeated(rows)
+    torch.testing.assert_close(model.logits(h), full(), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(model.logits(h)[..., 307], model.logits(h)[..., 306])
 
 
 @pytest.mark.parametrize("tie", [True, False])
