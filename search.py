@@ -24,66 +24,99 @@ EOS = 0  # <|endoftext|>: also the CTC blank (SPEC §6)
 # the decoder with its cache
 
 class DecoderState:
-    """The frozen Llama after an audio prompt: its KV cache, the slots each row may see, each row's RoPE position.
+    """The frozen Llama after an audio prompt: its KV cache, each row's RoPE position, the groups of rows.
 
-    Rows are right-padded: row b's audio fills slots [0, lengths[b]), padding the rest of the prompt, and its text
-    continues at the shared slot T' but at RoPE position lengths[b] + i, exactly as if it were alone.
-    lengths=None is the original's unmasked maths (SPEC §1 quirk): every prompt slot is audio.
+    Rows come in groups of R that share one utterance's audio (the R beams of beam search; R = 1 for greedy).
+    The cache has one row per group: the audio fills slots [0, T'), run once (`prefill`), and the text of
+    the group's rows interleaves after it, step i of row r at slot T' + i*R + r. One step is then one
+    decoder call with the R rows of a group as R query positions: each group's audio keys/values are read
+    once per step for all its rows, and kept in memory once. Text slots never move: when beam search
+    reorders its hypotheses, a row only changes which slots it sees (its ancestors: at each earlier step,
+    the slot of the hypothesis it grew from), so the group's text is a tree kept in place, not copied.
+    Groups are right-padded: group b's audio fills slots [0, lengths[b]) (the rest is masked) and its text
+    continues at RoPE position lengths[b] + i, exactly as if it were alone. lengths=None is the original's
+    unmasked maths (SPEC §1 quirk): every prompt slot is audio.
     """
 
-    def __init__(self, llm, audio: torch.Tensor, lengths: torch.Tensor | None = None, max_new: int = 256):
+    def __init__(self, llm, audio: torch.Tensor, lengths: torch.Tensor | None = None, max_new: int = 256,
+                 group: int = 1):
         B, T, _ = audio.shape  # (B, T', d)
-        self.llm, self.audio, self.lengths, self.prompt, self.slot = llm, audio, lengths, T, 0
-        self.caches = llm.new_caches(B, T + max_new + 1, audio.device, audio.dtype)
-        self.key_mask = self.pos = None
+        self.llm, self.audio, self.lengths, self.prompt, self.group = llm, audio, lengths, T, group
+        self.caches = llm.new_caches(B, T + group * (max_new + 1), audio.device, audio.dtype)
+        self.steps = 0  # text tokens fed so far (per row)
+        self.ancestors = torch.zeros(B, group, 0, dtype=torch.long, device=audio.device)  # (G, R, steps)
+        self.prompt_mask = None
         if lengths is not None and bool((lengths < T).any()):
-            slots = torch.arange(T + max_new + 1, device=audio.device)[None, :]
-            self.key_mask = (slots < lengths[:, None]) | (slots >= T)  # (B, S): own audio, then text
-            self.pos = lengths.clone()  # RoPE position of each row's next text token
+            self.prompt_mask = torch.arange(T, device=audio.device)[None, :] < lengths[:, None]  # (B, T')
+        self.pos = (lengths if lengths is not None else torch.full((B,), T, device=audio.device)).clone()
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
-        """Run the audio prompt; logits (B, V) at each row's last audio frame."""
+        """Run the audio prompt, in runs of similar length; logits (B, V) at each group's last audio frame."""
         B, T, _ = self.audio.shape
-        mask = None if self.key_mask is None else self.key_mask[:, :T]
-        hidden = self.llm(self.audio, 0, self.caches, key_mask=mask)  # (B, T', d)
-        self.slot = T
-        last = hidden[:, -1] if self.key_mask is None else hidden[torch.arange(B), self.lengths - 1]  # (B, d)
+        runs = [None] if self.prompt_mask is None else length_runs(self.lengths)
+        if len(runs) == 1:
+            hidden = self.llm(self.audio, 0, self.caches, key_mask=self.prompt_mask)  # (B, T', d)
+            last = hidden[:, -1] if self.prompt_mask is None else hidden[torch.arange(B), self.lengths - 1]
+            return self.llm.logits(last[:, None])[:, 0]
+        last = self.audio.new_empty(B, self.audio.shape[-1])  # (B, d)
+        for rows in runs:  # each run padded only to its own longest: padding is compute thrown away
+            n, lengths = int(self.lengths[rows].max()), self.lengths[rows]
+            caches = self.llm.new_caches(len(rows), n, self.audio.device, self.audio.dtype)
+            mask = self.prompt_mask[rows, :n] if bool((lengths < n).any()) else None
+            hidden = self.llm(self.audio[rows, :n], 0, caches, key_mask=mask)  # (b, n, d)
+            for big, small in zip(self.caches, caches):
+                big.k[rows, :, :n], big.v[rows, :, :n] = small.k, small.v
+            last[rows] = hidden[torch.arange(len(rows)), lengths - 1]
         return self.llm.logits(last[:, None])[:, 0]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed one token per row (B,); logits (B, V) for the next."""
-        x = self.llm.embed(tokens[:, None])  # (B, 1, d)
-        positions = None if self.pos is None else self.pos[:, None]
-        mask = None if self.key_mask is None else self.key_mask[:, : self.slot + 1]
-        hidden = self.llm(x, self.slot, self.caches, positions=positions, key_mask=mask)  # (B, 1, d)
-        self.slot += 1
-        if self.pos is not None:
-            self.pos = self.pos + 1
-        return self.llm.logits(hidden)[:, 0]
+        """Feed one token per row (G*R,), rows in group order; logits (G*R, V) for the next."""
+        G, R, T = self.pos.shape[0], self.group, self.prompt
+        x = self.llm.embed(tokens.view(G, R))  # (G, R, d): a group's rows as R query positions
+        start = T + self.steps * R
+        own = torch.arange(R, device=x.device)
+        self.ancestors = torch.cat([self.ancestors, own.expand(G, R)[..., None]], -1)  # this step: own slot
+        mask = None
+        if R > 1 or self.prompt_mask is not None:
+            mask = torch.ones(G, 1, R, start + R, dtype=torch.bool, device=x.device)  # (G, 1, R, S)
+            if self.prompt_mask is not None:
+                mask[:, 0, :, :T] = self.prompt_mask[:, None, :]
+            # text slot T + i*R + r' is seen by row r iff r' is r's ancestor at step i
+            mask[:, 0, :, T:] = (self.ancestors[..., None] == own).flatten(2)  # (G, R, (steps+1)*R)
+        positions = self.pos[:, None].expand(G, R)
+        hidden = self.llm(x, start, self.caches, positions=positions, attn_mask=mask)  # (G, R, d)
+        self.steps += 1
+        self.pos = self.pos + 1
+        return self.llm.logits(hidden).flatten(0, 1)  # (G*R, V)
 
     def select(self, rows: torch.Tensor):
-        """Keep these rows, in this order, every slot copied: [0, 0, 1, 1] makes beams, [2, 5] drops the rest."""
+        """Keep these rows, in this order, whole groups only: new row i continues old row rows[i]."""
+        groups = rows[::self.group] // self.group  # each run of R new rows comes from one old group
         for c in self.caches:
-            c.k, c.v = c.k[rows], c.v[rows]
-        if self.lengths is not None:
-            self.lengths = self.lengths[rows]
-        if self.key_mask is not None:
-            self.key_mask, self.pos = self.key_mask[rows], self.pos[rows]
+            c.k, c.v = c.k[groups], c.v[groups]
+        self.pos = self.pos[groups]
+        if self.prompt_mask is not None:
+            self.prompt_mask, self.lengths = self.prompt_mask[groups], self.lengths[groups]
+        self.ancestors = self.ancestors.flatten(0, 1)[rows].view(len(groups), self.group, -1)
 
     def reorder(self, rows: torch.Tensor):
-        """Row i now continues the hypothesis that was row rows[i] (beam search, within one utterance's rows).
+        """Row i now continues the hypothesis that was row rows[i] of the same group: it takes that row's
+        ancestors (nothing in the cache moves)."""
+        self.ancestors = self.ancestors.flatten(0, 1)[rows].view_as(self.ancestors)
 
-        Only the text slots move: the rows of one utterance share its audio prompt (see select), so its slots
-        are the same in every row and copying them would only cost time (most of it, for short texts).
-        """
-        text = slice(self.prompt, self.slot)
-        for c in self.caches:
-            c.k[:, :, text] = c.k[:, :, text].index_select(0, rows)  # a copy first: safe in place
-            c.v[:, :, text] = c.v[:, :, text].index_select(0, rows)
-        if self.key_mask is not None:
-            self.key_mask, self.pos = self.key_mask[rows], self.pos[rows]
+
+def length_runs(lengths: torch.Tensor, slack: float = 1.25) -> list[torch.Tensor]:
+    """Indices of the items (B,) in runs of similar length, shortest first: a run ends before an item longer than
+    `slack` times the run's shortest. Run separately, compute-bound work (encoder, prefill) pads little; on a
+    CPU one big padded batch gains nothing over them."""
+    order, runs = lengths.argsort(stable=True).tolist(), []
+    for i in order:
+        if not runs or lengths[i] > slack * lengths[runs[-1][0]]:
+            runs.append([])
+        runs[-1].append(i)
+    return [torch.tensor(r, device=lengths.device) for r in runs]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -221,9 +254,8 @@ def beam_search(llm, audio: torch.Tensor, lengths: torch.Tensor, beam: int = 4, 
     limit = lengths.clamp(max=max_tokens).tolist()
     finished = [Finished(K, length_penalty) for _ in range(B)]
     live = list(range(B))  # the utterances still in the batch, as indices into finished / limit
-    state = DecoderState(llm, audio, lengths, max_tokens)
+    state = DecoderState(llm, audio, lengths, max_tokens, group=K)  # K rows per utterance, sharing its audio
     logits = state.prefill().repeat_interleave(K, 0)  # (B*K, V)
-    state.select(torch.arange(B, device=dev).repeat_interleave(K))  # K rows per utterance
     score = torch.full((B, K), inf, device=dev)  # joint score of each row's hypothesis; -inf: row unused
     score[:, 0] = 0.0  # the K rows start as copies: only the first may expand at the first step
     att = torch.zeros(B, K, device=dev)  # attention log-prob of each row's hypothesis

@@ -19,7 +19,7 @@ from decoder import Llama, LlamaConfig, save_llama
 from encoder import EncoderConfig
 from mel import SAMPLE_RATE, batch_log_mel, log_mel_spectrogram
 from model import ASRModel, load_model, save_model
-from search import NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
+from search import DecoderState, NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
 from tokenizer import Tokenizer, train_sentencepiece
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,6 +165,35 @@ def test_reference_chunked_joins_chunk_texts(tiny):
 
 # ---------------------------------------------------------------------------------------------------------------
 # batching, beam and joint search
+
+@torch.no_grad()
+def test_grouped_rows_see_their_own_audio_and_text_only(tiny):
+    """DecoderState with 3 rows per utterance (beams sharing the audio slots, text slots interleaved), reordered
+    and with an utterance dropped midway: each row's logits equal its whole sequence recomputed alone, no cache."""
+    audio, enc_len = audio_embeds(tiny)  # 3 utterances of unequal length: padding masked
+    R, g = 3, torch.Generator().manual_seed(0)
+    state = DecoderState(tiny.llm, audio, enc_len, max_new=8, group=R)
+    state.prefill()
+    seqs = [[] for _ in range(3 * R)]  # row -> (utterance, tokens fed)
+    utt = [i // R for i in range(3 * R)]
+    for step in range(5):
+        if step == 2:  # rows swap hypotheses within their utterance
+            rows = torch.tensor([1, 0, 0, 5, 3, 4, 6, 8, 7])
+            state.reorder(rows)
+            seqs, utt = [list(seqs[r]) for r in rows], [utt[r] for r in rows]
+        if step == 3:  # utterance 1 leaves; 0 and 2 swap places, rows reordered as they go
+            rows = torch.tensor([8, 6, 7, 2, 2, 0])
+            state.select(rows)
+            seqs, utt = [list(seqs[r]) for r in rows], [utt[r] for r in rows]
+        tokens = torch.randint(1, tiny.llm.vocab_size, (len(seqs),), generator=g)
+        logits = state.step(tokens)
+        for row, t in enumerate(tokens.tolist()):
+            seqs[row].append(t)
+            u, n = utt[row], int(enc_len[utt[row]])
+            x = torch.cat([audio[u:u + 1, :n], tiny.llm.embed(torch.tensor([seqs[row]]))], dim=1)
+            want = tiny.llm.logits(tiny.llm(x))[0, -1]
+            torch.testing.assert_close(logits[row], want, atol=1e-4, rtol=1e-4)
+
 
 @pytest.mark.parametrize("mode", ["greedy", "beam", "joint", "ctc"])
 def test_batched_equals_one_at_a_time(tiny, mode):
