@@ -3,13 +3,16 @@
 - `ctc_greedy`: argmax per frame, repeats collapsed, blanks (id 0) dropped (Graves et al. 2006).
 - `CTCPrefixScorer`: the CTC prefix probability of growing hypotheses, the CTC half of one-pass joint
   CTC/attention decoding (Watanabe et al. 2017, "Hybrid CTC/attention architecture for end-to-end speech
-  recognition", Algorithm 2; Hori et al. 2017; ESPnet's CTCPrefixScoreTH). The forward recursion runs over
-  time, vectorised over hypotheses and candidate tokens.
+  recognition", Algorithm 2; Hori et al. 2017; ESPnet's CTCPrefixScoreTH). The forward recursion over time is
+  linear in probabilities, so it is solved in closed form (a cumsum and a logcumsumexp), vectorised over
+  hypotheses and candidate tokens.
 - `forced_align`: the Viterbi path of known tokens through the CTC lattice -> the frames of each token;
   `word_times` groups those into words (for --timestamps and for splicing long-form windows).
 
 Not here: CTC training (train.py), the beam search that uses the scorer (search.py).
 """
+import math
+
 import torch
 
 BLANK = 0  # the CTC blank, the same id as EOS (SPEC §2, §6)
@@ -39,6 +42,26 @@ def pad_as_blank(log_probs: torch.Tensor, lengths: torch.Tensor | None) -> torch
     lp = lp.masked_fill(pad[:, :, None], NEG_INF)
     lp[:, :, BLANK] = lp[:, :, BLANK].masked_fill(pad, 0.0)
     return lp
+
+
+def _linear_scan(log_b: torch.Tensor, log_a: torch.Tensor) -> torch.Tensor:
+    """log x_1 .. x_T of x_{t+1} = (x_t + b_t) a_t from x_0 = 0, given log b_t and log a_t (..., T), broadcast.
+
+    Unrolled, x_{t+1} = sum_{s<=t} b_s a_s ... a_t = A_t sum_{s<=t} b_s / A_{s-1} with A_t = a_0 ... a_t: a cumsum
+    and a logcumsumexp instead of a loop. In float64: log A_t reaches -1e4, where float32 is off by ~1e-3.
+    A zero a_u (log -inf: padding) wipes out every term s <= u; log a_u = -1e6 does the same to log-probabilities
+    while keeping log A finite (no -inf - -inf = nan), and where no nonzero term comes after the last such cut
+    the result is set to log 0 = -inf, as the loop's would be.
+    """
+    log_b, log_a = log_b.double(), log_a.double()
+    cut = log_a == NEG_INF
+    log_a = log_a.masked_fill(cut, -1e6)
+    log_A = log_a.cumsum(-1)
+    log_x = log_A + torch.logcumsumexp(log_b + log_a - log_A, -1)  # log_b + log_a - log_A = log b_s - log A_{s-1}
+    t = torch.arange(log_x.shape[-1], device=log_x.device)
+    last_cut = torch.where(cut, t, -1).cummax(-1).values
+    last_term = torch.where((log_b > NEG_INF) & ~cut, t, -1).cummax(-1).values
+    return log_x.masked_fill(last_term <= last_cut, NEG_INF).float()
 
 
 class CTCPrefixScorer:
@@ -83,6 +106,9 @@ class CTCPrefixScorer:
         r : (B, K, T+1, 2) states; last : (B, K) last label of each h (-1 for the empty prefix)
         cand : (B, K, M) candidate labels c; start : len(h), frames before which h + c cannot have begun
         returns the states of h + c (B, K, M, T+1, 2) and psi(h + c) (B, K, M)
+
+        The recursion is linear in the probability domain, so each of r^n and r^b is one `_linear_scan`
+        over all frames at once (r^b's from r^n's) instead of a Python loop over time.
         """
         B, K, M = cand.shape
         T = self.log_probs.shape[1]
@@ -93,13 +119,12 @@ class CTCPrefixScorer:
         phi = torch.where((cand == last[..., None])[..., None], phi_repeat[:, :, None], phi[:, :, None])  # (B, K, M, T)
         # psi(h + c) = sum over the frame t where c starts: (paths labelled h up to t-1) * y_t^c
         psi = torch.logsumexp(phi + y, dim=-1)  # (B, K, M)
-        none = torch.full((B, K, M), NEG_INF, device=r.device)
-        rn, rb = [none] * (start + 1), [none] * (start + 1)  # slots 0..start: h + c needs len(h) + 1 frames
-        ys, phis, blanks = y.unbind(-1), phi.unbind(-1), y_blank.unbind(-1)
-        for t in range(start, T):  # r^n_t = (r^n_{t-1} + phi_{t-1}) y_t^c ;  r^b_t = (r^b_{t-1} + r^n_{t-1}) y_t^blank
-            rn.append(torch.logaddexp(rn[-1], phis[t]) + ys[t])
-            rb.append(torch.logaddexp(rb[-1], rn[-2]) + blanks[t])
-        return torch.stack([torch.stack(rn, -1), torch.stack(rb, -1)], -1), psi
+        # r^n_t = (r^n_{t-1} + phi_{t-1}) y_t^c ;  r^b_t = (r^b_{t-1} + r^n_{t-1}) y_t^blank, from frame `start` on:
+        # slots 0..start stay log 0, as h + c needs len(h) + 1 frames
+        none = torch.full((B, K, M, start + 1), NEG_INF, device=r.device)
+        rn = torch.cat([none, _linear_scan(phi[..., start:], y[..., start:])], -1)  # (B, K, M, T+1)
+        rb = torch.cat([none, _linear_scan(rn[..., start:-1], y_blank[..., start:])], -1)
+        return torch.stack([rn, rb], -1), psi
 
     def estimate(self, r: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """psi(h + c) for every label c of the vocabulary at once: (B, K, V), as one matmul in the linear domain.
@@ -110,7 +135,16 @@ class CTCPrefixScorer:
         """
         phi, phi_repeat = self._phi(r)  # (B, K, T)
         shift = phi.amax(-1, keepdim=True).clamp(min=-1e30)  # (B, K, 1); clamp keeps all -inf rows NaN-free
-        est = torch.bmm((phi - shift).exp(), self.probs).log() + shift  # (B, K, V)
+        weight = (phi - shift).exp()  # (B, K, T), at most 1
+        # phi is concentrated near where h ends; frames where every hypothesis's weight is below e^-40 add less
+        # than 1e-15 of the sum (float32 keeps ~1e-7): each utterance multiplies only its span of the others
+        live = weight > math.exp(-40)  # (B, K, T)
+        T = live.shape[-1]
+        live = live.any(1)  # (B, T)
+        lo, hi = live.int().argmax(1), T - live.flip(1).int().argmax(1)  # (B,): span [lo, hi)
+        spans = torch.stack([lo, hi.masked_fill(~live.any(1), 0)], 1).tolist()
+        est = torch.stack([weight[b, :, lo:hi] @ self.probs[b, lo:hi] for b, (lo, hi) in enumerate(spans)])
+        est = est.log() + shift  # (B, K, V)
         # a repeat of the last label may start only after a blank: its column sums r^b alone
         idx = last.clamp(min=0)  # (B, K); the empty prefix has no last label (-1)
         y_last = self.probs.gather(2, idx[:, None, :].expand(-1, self.probs.shape[1], -1)).transpose(1, 2)  # (B, K, T)

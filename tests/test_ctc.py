@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ctc import CTCPrefixScorer, ctc_greedy, forced_align, word_index, word_times
+from ctc import NEG_INF, CTCPrefixScorer, ctc_greedy, forced_align, word_index, word_times
 
 T, V = 6, 4  # 4**6 = 4096 alignments
 
@@ -70,6 +70,127 @@ def test_padded_frames_change_nothing():
     t_new, t_psi = together.score(together.initial_state(1), torch.tensor([[-1], [-1]]), cand.expand(2, 1, 3))
     torch.testing.assert_close(t_psi[1], a_psi[0])
     torch.testing.assert_close(together.end(t_new[1:, :, 1]), alone.end(a_new[:, :, 1]))
+
+
+def score_by_loop(scorer, r, last, cand, start=0):
+    """CTCPrefixScorer.score as it was, the recursion stepped frame by frame: the reference for the closed form."""
+    B, K, M = cand.shape
+    T = scorer.log_probs.shape[1]
+    y = scorer.log_probs.gather(2, cand.reshape(B, 1, K * M).expand(B, T, K * M))
+    y = y.view(B, T, K, M).permute(0, 2, 3, 1)  # (B, K, M, T)
+    y_blank = scorer.log_probs[:, None, None, :, 0]  # (B, 1, 1, T)
+    phi, phi_repeat = scorer._phi(r)
+    phi = torch.where((cand == last[..., None])[..., None], phi_repeat[:, :, None], phi[:, :, None])
+    psi = torch.logsumexp(phi + y, dim=-1)
+    none = torch.full((B, K, M), NEG_INF)
+    rn, rb = [none] * (start + 1), [none] * (start + 1)
+    ys, phis, blanks = y.unbind(-1), phi.unbind(-1), y_blank.unbind(-1)
+    for t in range(start, T):
+        rn.append(torch.logaddexp(rn[-1], phis[t]) + ys[t])
+        rb.append(torch.logaddexp(rb[-1], rn[-2]) + blanks[t])
+    return torch.stack([torch.stack(rn, -1), torch.stack(rb, -1)], -1), psi
+
+
+def assert_same_scores(got, want):
+    """Both outputs close, and log 0 (-inf) in exactly the same places."""
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and not g.isnan().any()
+        assert torch.equal(g == NEG_INF, w == NEG_INF)
+        torch.testing.assert_close(g, w)
+
+
+def random_states(scorer, K, g):
+    """Forward variables of K made-up prefixes per item: the empty one's, then some extended at random (by the loop)."""
+    B, T, V = scorer.log_probs.shape
+    r, last = scorer.initial_state(K), torch.full((B, K), -1)
+    for _ in range(3):
+        c = torch.randint(1, V, (B, K, 1), generator=g)
+        new, _ = score_by_loop(scorer, r, last, c)
+        keep = torch.rand(B, K, generator=g) < 0.7
+        r = torch.where(keep[..., None, None], new[:, :, 0], r)
+        last = torch.where(keep, c[..., 0], last)
+    return r, last
+
+
+def test_closed_form_matches_the_loop():
+    """Padded items, all start frames, candidates that repeat the last label, the empty prefix (last = -1)."""
+    B, K, M, frames, V = 2, 3, 4, 30, 7
+    g = torch.Generator().manual_seed(5)
+    lp = (torch.randn(B, frames, V, generator=g) * 2).log_softmax(-1)
+    for lengths in (None, torch.tensor([30, 17])):
+        scorer = CTCPrefixScorer(lp, lengths)
+        r, last = random_states(scorer, K, g)
+        last[0, 0] = -1
+        assert (last == -1).any() and (last > 0).any()
+        cand = torch.randint(1, V, (B, K, M), generator=g)
+        cand[..., 0] = last.clamp(min=1)  # a repeat of the last label (or label 1 after the empty prefix)
+        cand[0, 2, 3] = cand[0, 2, 2]  # the same candidate twice
+        cand[1, 1, 1] = 0  # the blank/EOS column, as the search may ask for it
+        for start in (0, 1, 5, 17, 29, 30):
+            assert_same_scores(scorer.score(r, last, cand, start), score_by_loop(scorer, r, last, cand, start))
+
+
+def test_closed_form_matches_the_loop_on_peaked_log_probs():
+    """A confident model: two labels per frame, the others at -50 .. -200, so log A_t of a candidate runs to -1e4
+    while the scores of the right continuation stay near 0 (float32 inside would be off by ~1e-3 there)."""
+    B, K, M, frames, V = 2, 2, 3, 100, 5
+    g = torch.Generator().manual_seed(6)
+    path = torch.randint(0, V, (B, frames), generator=g)
+    lp = -50 - 150 * torch.rand(B, frames, V, generator=g)
+    lp.scatter_(2, path[..., None], torch.randn(B, frames, 1, generator=g))
+    lp.scatter_(2, torch.randint(0, V, (B, frames, 1), generator=g), torch.randn(B, frames, 1, generator=g))
+    scorer = CTCPrefixScorer(lp.log_softmax(-1), torch.tensor([100, 71]))
+    labels = [collapse(p) for p in path.tolist()]
+    r, last = scorer.initial_state(K), torch.full((B, K), -1)
+    for step in range(3):  # hypothesis k: the first 2 + k labels of the path
+        c = torch.tensor([[lab[step]] for lab in labels]).expand(B, K)
+        new, _ = score_by_loop(scorer, r, last, c[..., None], step)
+        grow = torch.tensor([step < 2 + k for k in range(K)])
+        r, last = torch.where(grow[:, None, None], new[:, :, 0], r), torch.where(grow, c, last)
+    cand = torch.randint(1, V, (B, K, M), generator=g)
+    cand[..., 0] = torch.tensor([[lab[2 + k] for k in range(K)] for lab in labels])  # the right next label
+    for start in (0, 3, 20):
+        got, want = scorer.score(r, last, cand, start), score_by_loop(scorer, r, last, cand, start)
+        rn = want[0][..., 0]
+        assert want[1][..., 0].min() > -20 and rn[rn.isfinite()].min() < -5000
+        assert_same_scores(got, want)
+
+
+def test_closed_form_restarts_after_an_impossible_frame():
+    """A log-prob of -inf inside the utterance (not padding): r^n restarts from 0 after it, as the loop does."""
+    g = torch.Generator().manual_seed(7)
+    lp = torch.randn(1, 12, 4, generator=g).log_softmax(-1)
+    lp[0, 4, 2] = lp[0, 7:9, 2] = lp[0, 5, 0] = NEG_INF
+    scorer = CTCPrefixScorer(lp)
+    r, last = random_states(scorer, 2, g)
+    cand = torch.tensor([[[1, 2, 3]]]).expand(1, 2, 3)
+    for start in (0, 2, 6):
+        assert_same_scores(scorer.score(r, last, cand, start), score_by_loop(scorer, r, last, cand, start))
+
+
+def test_estimate_over_each_utterances_span_equals_the_exact_scores():
+    """Peaked log-probs over 60 frames: the estimate multiplies only the frames near where each hypothesis
+    ends (fewer than all of them here), yet equals the exact prefix scores of every candidate that matters."""
+    g = torch.Generator().manual_seed(5)
+    V, frames = 12, 60
+    lp = torch.randn(2, frames, V, generator=g) * 0.5
+    for b in range(2):  # labels 1..10 spelled slowly: each one over 3 frames, then 3 blank frames
+        for t in range(frames):
+            lp[b, t, (t // 6) % 10 + 1 + b if t % 6 < 3 else 0] += 12.0
+    lp = lp.log_softmax(-1)
+    scorer = CTCPrefixScorer(lp, torch.tensor([60, 45]))  # the second utterance padded
+    hyps = torch.tensor([[[1, 2, 7], [1, 2, 3]], [[2, 3, 8], [2, 3, 4]]])  # (B, K, L): spans of unequal length
+    r, last = scorer.initial_state(2), torch.full((2, 2), -1)
+    for i in range(hyps.shape[2]):
+        new, _ = scorer.score(r, last, hyps[..., i:i + 1], start=i)
+        r, last = new[:, :, 0], hyps[..., i]
+    phi = torch.logaddexp(r[..., :-1, 0], r[..., :-1, 1])
+    assert ((phi - phi.amax(-1, keepdim=True)) > -40).any(1).sum(-1).max() < 30  # the spans really are cut
+    est = scorer.estimate(r, last)  # (2, 2, V)
+    cand = torch.arange(1, V).expand(2, 2, V - 1)
+    _, exact = scorer.score(r, last, cand)  # (2, 2, V-1)
+    matters = exact > exact.amax(-1, keepdim=True) - 30
+    torch.testing.assert_close(est[..., 1:][matters], exact[matters], atol=1e-3, rtol=1e-4)
 
 
 def test_forced_align_is_the_best_alignment():
