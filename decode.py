@@ -31,7 +31,7 @@ import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
 from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, log_mel_spectrogram, n_frames
-from search import beam_search, greedy_batch, greedy_tokens, reference_greedy  # noqa: F401 (train.py: greedy_batch)
+from search import beam_search, greedy_batch, greedy_tokens, length_runs, reference_greedy  # noqa: F401 (train.py: greedy_batch)
 from tokenizer import Tokenizer, normalize
 
 __all__ = ["ctc_greedy", "greedy_batch", "DecodeOptions", "Transcriber", "add_decoding_args", "load", "main"]
@@ -119,27 +119,46 @@ class Transcriber:
                 except AudioError as e:
                     results[i] = {"audio": name, "error": str(e)}
             if wavs:
-                for (i, name), (tokens, lp) in zip(names, self._decode_windows(wavs)):
+                for (i, name), (tokens, lp) in zip(names, self._decode_windows(wavs, self.opt.timestamps)):
                     results[i] = self._result(name, tokens, lp)
         return results
 
     # -- one batch of windows ------------------------------------------------------------------------------------
 
-    def _decode_windows(self, wavs: list[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
-        """Waveforms of at most one window each -> (token ids, CTC log-probs (T'_b, V)) per waveform."""
-        mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
-        enc, audio, enc_len = self.model.encode(mels.to(self.device, self.dtype), lengths.to(self.device))
-        log_probs = self.model.ctc_log_probs(enc)  # (B, T', V) float32
+    def _decode_windows(self, wavs: list[torch.Tensor], align: bool) -> list[tuple[list[int], torch.Tensor | None]]:
+        """Waveforms of at most one window each -> (token ids, CTC log-probs (T'_b, V) or None) per waveform.
+
+        The CTC head runs only when something reads it (ctc and joint modes, word times: align=True): with the
+        release's 100000 ids it costs about as much as the encoder.
+        """
+        enc, audio, enc_len = self._encode(wavs)
         o = self.opt
+        if not (align or o.mode in ("ctc", "joint")):
+            return [(t, None) for t in greedy_or_beam(self.model.llm, audio, enc_len, o)]
+        log_probs = self.model.ctc_log_probs(enc)  # (B, T', V) float32
         if o.mode == "ctc":
             tokens = ctc_greedy(log_probs, enc_len)
-        elif o.mode == "greedy":
-            tokens = greedy_tokens(self.model.llm, audio, enc_len, o.max_tokens)
         else:
-            ctc = CTCPrefixScorer(log_probs, enc_len) if o.mode == "joint" else None
-            tokens = beam_search(self.model.llm, audio, enc_len, o.beam_size, o.max_tokens, o.length_penalty,
-                                 ctc, o.ctc_weight, o.pre_beam)
+            tokens = greedy_or_beam(self.model.llm, audio, enc_len, o, CTCPrefixScorer(log_probs, enc_len)
+                                    if o.mode == "joint" else None)
         return [(t, log_probs[b, : int(enc_len[b])]) for b, t in enumerate(tokens)]
+
+    def _encode(self, wavs: list[torch.Tensor]):
+        """Waveforms -> enc (B, T', d_enc), audio embeddings (B, T', d), lengths (B,): encoded in runs of similar
+        length (search.length_runs), then padded together for the decoder."""
+        mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
+        mels, lengths = mels.to(self.device, self.dtype), lengths.to(self.device)
+        runs = length_runs(lengths)
+        if len(runs) == 1:
+            return self.model.encode(mels, lengths)
+        parts = [self.model.encode(mels[rows, :, : int(lengths[rows].max())], lengths[rows]) for rows in runs]
+        T = max(a.shape[1] for _, a, _ in parts)
+        enc = mels.new_zeros(len(wavs), T, parts[0][0].shape[-1])
+        audio = mels.new_zeros(len(wavs), T, parts[0][1].shape[-1])
+        enc_len = torch.zeros(len(wavs), dtype=torch.long, device=self.device)
+        for rows, (e, a, n) in zip(runs, parts):
+            enc[rows, : e.shape[1]], audio[rows, : a.shape[1]], enc_len[rows] = e, a, n
+        return enc, audio, enc_len
 
     def _words(self, tokens: list[int], log_probs: torch.Tensor, offset: float, duration: float) -> list[dict]:
         """[{word, start, end}] in seconds from the file's start, by aligning tokens to the CTC frames."""
@@ -179,7 +198,7 @@ class Transcriber:
 
     def _decode_pending(self, pending) -> list[tuple[float, float, list[dict]]]:
         out = []
-        for (start, wav), (tokens, lp) in zip(pending, self._decode_windows([w for _, w in pending])):
+        for (start, wav), (tokens, lp) in zip(pending, self._decode_windows([w for _, w in pending], True)):
             t0, dur = start / SAMPLE_RATE, wav.shape[-1] / SAMPLE_RATE
             out.append((t0, t0 + dur, self._words(tokens, lp, t0, dur)))
         return out
@@ -202,6 +221,14 @@ class Transcriber:
         if self.opt.timestamps:  # the words of the chunks whose text was kept
             out["words"] = [w for i in longform.kept_chunks(texts) for w in words[i]]
         return out
+
+
+def greedy_or_beam(llm, audio, enc_len, o: DecodeOptions, ctc: CTCPrefixScorer | None = None) -> list[list[int]]:
+    """The attention decoder's search of the mode: greedy, beam, or joint (beam with a CTC scorer)."""
+    if o.mode == "greedy":
+        return greedy_tokens(llm, audio, enc_len, o.max_tokens)
+    return beam_search(llm, audio, enc_len, o.beam_size, o.max_tokens, o.length_penalty, ctc, o.ctc_weight,
+                       o.pre_beam)
 
 
 def _load(item) -> torch.Tensor:
