@@ -126,39 +126,42 @@ class Transcriber:
     # -- one batch of windows ------------------------------------------------------------------------------------
 
     def _decode_windows(self, wavs: list[torch.Tensor], align: bool) -> list[tuple[list[int], torch.Tensor | None]]:
-        """Waveforms of at most one window each -> (token ids, CTC log-probs (T'_b, V) or None) per waveform.
-
-        The CTC head runs only when something reads it (ctc and joint modes, word times: align=True): with the
-        release's 100000 ids it costs about as much as the encoder.
-        """
-        enc, audio, enc_len = self._encode(wavs)
+        """Waveforms of at most one window each -> (token ids, CTC log-probs (T'_b, V) or None) per waveform."""
         o = self.opt
-        if not (align or o.mode in ("ctc", "joint")):
-            return [(t, None) for t in greedy_or_beam(self.model.llm, audio, enc_len, o)]
-        log_probs = self.model.ctc_log_probs(enc)  # (B, T', V) float32
+        audio, enc_len, log_probs = self._encode(wavs, ctc=align or o.mode in ("ctc", "joint"))
         if o.mode == "ctc":
             tokens = ctc_greedy(log_probs, enc_len)
         else:
             tokens = greedy_or_beam(self.model.llm, audio, enc_len, o, CTCPrefixScorer(log_probs, enc_len)
                                     if o.mode == "joint" else None)
-        return [(t, log_probs[b, : int(enc_len[b])]) for b, t in enumerate(tokens)]
+        return [(t, None if log_probs is None else log_probs[b, : int(enc_len[b])]) for b, t in enumerate(tokens)]
 
-    def _encode(self, wavs: list[torch.Tensor]):
-        """Waveforms -> enc (B, T', d_enc), audio embeddings (B, T', d), lengths (B,): encoded in runs of similar
-        length (search.length_runs), then padded together for the decoder."""
+    def _encode(self, wavs: list[torch.Tensor], ctc: bool):
+        """Waveforms -> audio embeddings (B, T', d), lengths (B,), CTC log-probs (B, T', V) float32 or None.
+
+        Encoded in runs of similar length (search.length_runs), then padded together for the decoder. The CTC
+        head runs only when something reads it (ctc and joint modes, word times): with the release's 100000 ids
+        it costs about as much as the encoder.
+        """
         mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
         mels, lengths = mels.to(self.device, self.dtype), lengths.to(self.device)
         runs = length_runs(lengths)
+        runs = runs if len(runs) > 1 else [torch.arange(len(wavs), device=self.device)]  # input order
+        parts = []
+        for rows in runs:
+            enc, audio, n = self.model.encode(mels[rows, :, : int(lengths[rows].max())], lengths[rows])
+            parts.append((audio, n, self.model.ctc_log_probs(enc) if ctc else None))
         if len(runs) == 1:
-            return self.model.encode(mels, lengths)
-        parts = [self.model.encode(mels[rows, :, : int(lengths[rows].max())], lengths[rows]) for rows in runs]
-        T = max(a.shape[1] for _, a, _ in parts)
-        enc = mels.new_zeros(len(wavs), T, parts[0][0].shape[-1])
-        audio = mels.new_zeros(len(wavs), T, parts[0][1].shape[-1])
+            return parts[0]
+        T = max(a.shape[1] for a, _, _ in parts)
+        audio = mels.new_zeros(len(wavs), T, parts[0][0].shape[-1])
         enc_len = torch.zeros(len(wavs), dtype=torch.long, device=self.device)
-        for rows, (e, a, n) in zip(runs, parts):
-            enc[rows, : e.shape[1]], audio[rows, : a.shape[1]], enc_len[rows] = e, a, n
-        return enc, audio, enc_len
+        log_probs = torch.zeros(len(wavs), T, parts[0][2].shape[-1], device=self.device) if ctc else None
+        for rows, (a, n, lp) in zip(runs, parts):
+            audio[rows, : a.shape[1]], enc_len[rows] = a, n
+            if ctc:
+                log_probs[rows, : lp.shape[1]] = lp  # frames past an item's end: see ctc.pad_as_blank
+        return audio, enc_len, log_probs
 
     def _words(self, tokens: list[int], log_probs: torch.Tensor, offset: float, duration: float) -> list[dict]:
         """[{word, start, end}] in seconds from the file's start, by aligning tokens to the CTC frames."""

@@ -264,19 +264,24 @@ def beam_search(llm, audio: torch.Tensor, lengths: torch.Tensor, beam: int = 4, 
     tokens = [[] for _ in range(B * K)]
     for step in range(max_tokens + 1):
         B = len(live)
-        new_att = att[..., None] + logits.float().log_softmax(-1).view(B, K, -1)  # (B, K, V): log p_att(h + c)
+        logits = logits.float().view(B, K, -1)  # (B, K, V)
+        # log p_att(h + c) = att(h) + logits_c - logsumexp(logits): within a hypothesis, logits rank the
+        # candidates alike, so the log-softmax is computed at the chosen ones only
         if ctc is None:
-            cand = new_att.topk(M, dim=-1).indices  # (B, K, M)
-            joint = new_att.gather(2, cand)
+            cand = logits.topk(M, dim=-1).indices  # (B, K, M)
         else:
             est = ctc.estimate(r, last)  # (B, K, V)
             est[..., EOS] = ctc.end(r)  # ending here: the CTC probability of exactly h
-            cand = _mix(new_att, est, w).topk(M, dim=-1).indices  # the pre-beam
+            cand = (logits if w == 0 else torch.add(est, logits, alpha=(1 - w) / w)).topk(M, dim=-1).indices
+            # the pre-beam: ranked as (1 - w) logits + w est, in one pass over the vocabulary
+        new_att = att[..., None] + logits.gather(2, cand) - logits.logsumexp(-1, keepdim=True)  # (B, K, M)
+        if ctc is None:
+            joint = new_att
+        else:
             r_cand, psi = ctc.score(r, last, cand, start=step)  # (B, K, M, T'+1, 2), (B, K, M)
             psi = torch.where(cand == EOS, ctc.end(r)[..., None], psi)
-            joint = _mix(new_att.gather(2, cand), psi, w)
+            joint = _mix(new_att, psi, w)
         joint = joint.masked_fill((score == inf)[..., None], inf)  # (B, K, M)
-        new_att = new_att.gather(2, cand)
         joint_cpu, cand_cpu, score_cpu = joint.cpu(), cand.cpu(), score.cpu()  # the walk reads them one by one
         picks, filled, going = [], [], []  # per new row: flat index into (B, K, M), whether it holds a hypothesis
         for b, u in enumerate(live):

@@ -195,6 +195,20 @@ def test_grouped_rows_see_their_own_audio_and_text_only(tiny):
             torch.testing.assert_close(logits[row], want, atol=1e-4, rtol=1e-4)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("seconds", [(2.0, 1.9, 1.8), (2.0, 1.0, 3.0, 1.1)])  # one run; runs out of order
+def test_encoding_in_runs_keeps_input_order_and_equals_alone(tiny, seconds):
+    tr = transcriber(tiny)
+    wavs = [wave(s, i) for i, s in enumerate(seconds)]
+    audio, enc_len, log_probs = tr._encode(wavs, ctc=True)
+    for b, w in enumerate(wavs):
+        enc, alone, _ = tiny.model.encode(log_mel_spectrogram(w)[None])
+        n = alone.shape[1]
+        assert int(enc_len[b]) == n
+        torch.testing.assert_close(audio[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(log_probs[b, :n], tiny.model.ctc_log_probs(enc)[0], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["greedy", "beam", "joint", "ctc"])
 def test_batched_equals_one_at_a_time(tiny, mode):
     waves = [wave(s, i) for i, s in enumerate([1.3, 2.7, 0.6, 3.9, 2.0])]
