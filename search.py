@@ -76,16 +76,16 @@ class DecoderState:
         G, R, T = self.pos.shape[0], self.group, self.prompt
         x = self.llm.embed(tokens.view(G, R))  # (G, R, d): a group's rows as R query positions
         start = T + self.steps * R
-        own = torch.arange(R, device=x.device)
-        self.ancestors = torch.cat([self.ancestors, own.expand(G, R)[..., None]], -1)  # this step: own slot
-        mask = None
+        mask = positions = None  # one row per group, unpadded: plain causal decoding, RoPE position = slot
         if R > 1 or self.prompt_mask is not None:
             mask = torch.ones(G, 1, R, start + R, dtype=torch.bool, device=x.device)  # (G, 1, R, S)
             if self.prompt_mask is not None:
                 mask[:, 0, :, :T] = self.prompt_mask[:, None, :]
-            # text slot T + i*R + r' is seen by row r iff r' is r's ancestor at step i
-            mask[:, 0, :, T:] = (self.ancestors[..., None] == own).flatten(2)  # (G, R, (steps+1)*R)
-        positions = self.pos[:, None].expand(G, R)
+            if R > 1:  # text slot T + i*R + r' is seen by row r iff r' is r's ancestor at step i
+                own = torch.arange(R, device=x.device)
+                self.ancestors = torch.cat([self.ancestors, own.expand(G, R)[..., None]], -1)  # now: own slot
+                mask[:, 0, :, T:] = (self.ancestors[..., None] == own).flatten(2)  # (G, R, (steps+1)*R)
+            positions = self.pos[:, None].expand(G, R)
         hidden = self.llm(x, start, self.caches, positions=positions, attn_mask=mask)  # (G, R, d)
         self.steps += 1
         self.pos = self.pos + 1
