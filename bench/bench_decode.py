@@ -14,8 +14,9 @@
 3. Throughput of 16 files (3-8 s) decoded in one padded batch against one at a time, on a random model of
    the teaching model's size (encoder preset "teach", a 256-wide 4-layer Llama, 4000 ids). Goal: >= 4x.
 
-Timings are wall-clock on whatever else the machine is doing: report them with its load.
-Not here: accuracy (evaluate.py), GPU timings.
+Timings are wall-clock on whatever else the machine is doing: report them with its load. `--device cuda` runs the
+same parts on a GPU (not measured here: no GPU was lent to this project's CPU machines).
+Not here: accuracy (evaluate.py).
 """
 import argparse
 import copy
@@ -36,8 +37,9 @@ from search import reference_greedy  # noqa: E402
 
 RELEASE_LLM = dict(vocab_size=50257, dim=1024, n_layers=18, n_heads=16, n_kv_heads=16, ffn_dim=3584)
 TEACH_LLM = dict(vocab_size=4000, dim=256, n_layers=4, n_heads=4, n_kv_heads=4, ffn_dim=704)
-# part 3's models: the teaching size (attention over each row's own audio dominates: batching saves little), and a
-# mid size with the release's 100000-id vocabulary (reading the weights dominates, as at the release's size)
+# part 3's models: the teaching size (tiny matmuls, compute- and overhead-bound; a batch's attention no longer fits
+# the CPU's cache as one file's does), and a mid size with the release's 100000-id vocabulary (reading the weights
+# dominates a step, as at the release's size). Encoder, CTC head and prefill cost the same batched or not on a CPU.
 BATCH_MODELS = {"teach": (TEACH_LLM, "teach", 4000),
                 "mid": (dict(vocab_size=50257, dim=512, n_layers=8, n_heads=8, n_kv_heads=8, ffn_dim=1536), "150m",
                         100000)}
@@ -51,7 +53,7 @@ def random_model(llm_dims: dict, encoder: str, vocab: int) -> ASRModel:
         llm.tok_embeddings.weight[0] = 0.0
     llm.extend_vocab(vocab, trainable=False)  # the release's frozen mean rows (SPEC §3)
     model = ASRModel(EncoderConfig(**ENCODER_PRESETS[encoder], dropout=0.0), llm.freeze(), vocab)
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).to(DEVICE)
 
 
 def hf_llama(llm: Llama):
@@ -65,15 +67,25 @@ def hf_llama(llm: Llama):
     sd["model.embed_tokens.weight"] = torch.cat([llm.tok_embeddings.weight, llm.new_rows])
     hf.load_state_dict(sd, strict=False, assign=True)
     hf.lm_head.weight = hf.model.embed_tokens.weight  # tied, as the release
-    return hf.requires_grad_(False)
+    return hf.requires_grad_(False).to(DEVICE)
+
+
+DEVICE = torch.device("cpu")  # --device
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeat=1):
     """(result, best wall seconds of `repeat` runs)."""
     best, out = float("inf"), None
     for _ in range(repeat):
+        sync()
         t = time.perf_counter()
         out = fn()
+        sync()
         best = min(best, time.perf_counter() - t)
     return out, best
 
@@ -106,7 +118,7 @@ def part_release(steps: int, repeat: int, with_hf: bool, with_bf16: bool):
     print("== 1./2. reference greedy at the release's dimensions (300m encoder, Llama 1024x18, 100000 ids, 15 s)")
     model = random_model(RELEASE_LLM, "300m", 100000)
     wav = torch.randn(N_SAMPLES, generator=torch.Generator().manual_seed(0)) * 0.1
-    mel = log_mel_spectrogram(wav)[None]  # (1, 80, 1501)
+    mel = log_mel_spectrogram(wav)[None].to(DEVICE)  # (1, 80, 1501)
     (_, audio, _), t_enc = timed(lambda: model.encode(mel), repeat)
     print(f"encoder float32 (1501 mel frames -> {audio.shape[1]} frames): {t_enc:.2f} s, the same for both ways")
     ways = {"ours": lambda n: reference_greedy(model.llm, audio, n)}
@@ -114,7 +126,7 @@ def part_release(steps: int, repeat: int, with_hf: bool, with_bf16: bool):
         hf = hf_llama(model.llm)
         x = audio[:, :7]
         torch.testing.assert_close(hf(inputs_embeds=x).logits, model.llm.logits(model.llm(x)), atol=1e-4, rtol=1e-4)
-        mask = torch.ones(audio.shape[:2], dtype=torch.long)
+        mask = torch.ones(audio.shape[:2], dtype=torch.long, device=DEVICE)
         ways["transformers"] = lambda n: [t for t in hf.generate(
             inputs_embeds=audio, attention_mask=mask, max_new_tokens=n, do_sample=False, num_beams=1,
             repetition_penalty=1.15, no_repeat_ngram_size=3, eos_token_id=0, pad_token_id=1)[0].tolist() if t != 0]
@@ -152,8 +164,8 @@ def part_batching(steps: int, repeat: int, files: int, modes: list[str], size: s
     waves = [torch.randn(int((3 + 5 * i / max(1, files - 1)) * SAMPLE_RATE), generator=g) * 0.1 for i in range(files)]
     for mode in modes:
         opts = dict(mode=mode, max_tokens=steps, beam_size=4)
-        batched = Transcriber(model, _NullTokenizer(), DecodeOptions(batch_size=files, **opts))
-        single = Transcriber(model, _NullTokenizer(), DecodeOptions(batch_size=1, **opts))
+        batched = Transcriber(model, _NullTokenizer(), DecodeOptions(batch_size=files, **opts), DEVICE)
+        single = Transcriber(model, _NullTokenizer(), DecodeOptions(batch_size=1, **opts), DEVICE)
         t_b = t_1 = float("inf")
         for _ in range(repeat):  # interleaved, best of each
             a, t = timed(lambda: batched.transcribe(waves))
@@ -183,11 +195,15 @@ def main():
     p.add_argument("--batch-model", choices=list(BATCH_MODELS), default="teach",
                    help="part 3: model size (default: %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     parts = set(args.parts.split(","))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} "
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"torch {torch.__version__}, {where}, load average {os.getloadavg()[0]:.1f} "
           f"on {os.cpu_count()} CPUs (shared with other work: timings are indicative)")
     if parts & {"1", "2"}:
         part_release(args.steps, args.repeat, "1" in parts, "2" in parts)
