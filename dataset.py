@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mel import N_FRAMES, SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, resample
+from mel import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, resample
 from tokenizer import normalize
 
 MAX_TEXT_TOKENS = 255  # targets are cut to 255 ids (+ EOS) as in the original

@@ -37,7 +37,7 @@ from decoder import load_llama  # noqa: E402
 from encoder import ENCODER_PRESETS, EncoderConfig, subsampled_lengths  # noqa: E402
 from mel import N_MELS, SAMPLE_RATE, n_frames  # noqa: E402
 from model import ASRModel  # noqa: E402
-from train import Objective, TrainConfig, ctc_loss  # noqa: E402
+from train import Objective, TrainConfig  # noqa: E402
 
 SMALL = dict(layers=6, batch=2, seconds=8.0, text=50)  # --small: vocabulary kept, it is where the saving is
 

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,67 +14,12 @@ import torch
 
 import decode
 from ctc import CTCPrefixScorer
-from decoder import Llama, LlamaConfig, save_llama
-from encoder import EncoderConfig
 from mel import SAMPLE_RATE, batch_log_mel, log_mel_spectrogram
-from model import ASRModel, load_model, save_model
 from search import DecoderState, NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
-from tokenizer import Tokenizer, train_sentencepiece
+
+from helpers import wave  # the `tiny` model folder is conftest.py's fixture
 
 REPO = Path(__file__).resolve().parent.parent
-KAZAKH = [
-    "қазақстан республикасының астанасы астана қаласы",
-    "мектепте оқушылар ұстаздың айтқанын мұқият тыңдады",
-    "өзен жағасында үлкен тау көрінеді",
-    "һауа райы бүгін жақсы болады деп күтілуде",
-    "ғылым мен өнер елдің болашағы",
-    "әкем мен анам ауылда тұрады",
-    "біз кітап оқығанды ұнатамыз",
-    "шығыс қазақстан облысында қар жауды",
-]
-
-
-def randomise(model, seed=0):
-    """Weights large enough for clear argmax margins (0.02-std init leaves near-ties everywhere)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=g) + 0.5 if "norm" in name else torch.randn(p.shape, generator=g) * 0.15)
-    return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are all overhead: one thread avoids OpenMP spin-waits on a shared 2-core machine (10x here)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny random ASR model saved as a model folder, with a sentencepiece tokenizer trained on Kazakh lines."""
-    root = tmp_path_factory.mktemp("tiny")
-    (root / "text.txt").write_text("\n".join(KAZAKH * 5) + "\n", encoding="utf-8")
-    tok_path = train_sentencepiece(str(root / "text.txt"), str(root / "kk"), vocab_size=320)
-    tok = Tokenizer.load(tok_path)
-    torch.manual_seed(0)
-    llm = randomise(Llama(LlamaConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
-                                      ffn_dim=160, max_seq_len=1024)))
-    save_llama(llm, root / "llm")
-    model = ASRModel(EncoderConfig(dim=64, n_heads=4, n_layers=2, dropout=0.0), llm, tok.vocab_size)
-    randomise(model.encoder, 1), randomise(model.projector, 2), randomise(model.ctc_head, 3)
-    save_model(model, root / "model", tokenizer=tok_path, decoder=root / "llm", copy_decoder=True)
-    model = load_model(root / "model")
-    return SimpleNamespace(root=root, folder=root / "model", tok=tok, model=model, llm=model.llm)
-
-
-def wave(seconds, seed=0):
-    """A deterministic test signal: tones plus a little noise, (samples,) at 16 kHz."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    return 0.3 * torch.sin(2 * math.pi * (220 + 40 * seed) * t) + 0.05 * torch.randn(t.shape, generator=g)
 
 
 def transcriber(tiny, **opts):
@@ -284,7 +228,7 @@ def test_long_file_streams_and_matches_in_memory(tiny, tmp_path):
 # the command line
 
 def run_cli(*args, cwd=REPO):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see one_thread
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.py
     return subprocess.run([sys.executable, str(REPO / "decode.py"), *map(str, args)], capture_output=True,
                           text=True, cwd=cwd, timeout=120, env=env)
 

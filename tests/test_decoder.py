@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from decoder import CheckpointError, Llama, LlamaConfig, load_llama, save_llama
+from decoder import Llama, LlamaConfig, load_llama, save_llama
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,5 +1,5 @@
 """evaluate.py: scoring files, the FLEURS reader on a folder built here, the bootstrap, decoding runs of a tiny
-random model (test_decode's fixture) over a manifest and a FLEURS-shaped folder, and --compare."""
+random model (conftest's `tiny`) over a manifest and a FLEURS-shaped folder, and --compare."""
 import json
 import os
 import subprocess
@@ -14,7 +14,7 @@ import soundfile as sf
 
 import decode
 from evaluate import EvalInputError, bootstrap_ci, main, paired_bootstrap, read_fleurs, read_pair
-from test_decode import KAZAKH, one_thread, tiny, wave  # noqa: F401 (fixtures: the tiny model folder, one thread)
+from helpers import KAZAKH, wave
 from tokenizer import normalize
 from wer import ErrorStats, char_stats, corpus_stats, word_stats
 

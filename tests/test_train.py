@@ -1,6 +1,5 @@
 """train.py on a tiny model and a few utterances: it learns, accumulates, resumes, scales out, survives bad data."""
 import json
-import os
 from dataclasses import replace
 
 import numpy as np
