@@ -72,7 +72,7 @@ class AudioWindows:
         self.path = str(path)
         self.frames, self.sr = audio_info(self.path)
         with sf.SoundFile(self.path) as f:
-            cut = mel._wav_shortfall(f.extra_info)
+            cut = mel.wav_shortfall(f.extra_info)
         if cut:
             raise AudioError(f"{self.path}: truncated (header promises {cut[1]} bytes, file has {cut[0]})")
         self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)

@@ -51,7 +51,7 @@ def load_audio(path, sr: int = SAMPLE_RATE) -> torch.Tensor:
     except (RuntimeError, OSError) as e:  # sf.LibsndfileError is a RuntimeError
         problem = " ".join(str(getattr(e, "error_string", e)).split())
         raise AudioError(f"{path}: not readable as audio ({problem})") from None
-    cut = _wav_shortfall(log)
+    cut = wav_shortfall(log)
     if cut or len(wav) < promised:  # libsndfile quietly returns what is there; a cut download is not a clip
         have, want = cut or (len(wav), promised)
         raise AudioError(f"{path}: truncated (header promises {want} {'bytes' if cut else 'frames'}, file has {have})")
@@ -62,7 +62,7 @@ def load_audio(path, sr: int = SAMPLE_RATE) -> torch.Tensor:
     return resample(torch.from_numpy(wav.mean(axis=1)), orig_sr, sr)  # (samples,)
 
 
-def _wav_shortfall(log: str):
+def wav_shortfall(log: str):
     """(bytes present, bytes promised) when a WAV's data chunk is cut short, from libsndfile's header log; else None."""
     m = re.search(r"^data : (\d+) \(should be (\d+)\)", log, re.M)
     if m is None:
