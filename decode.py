@@ -6,8 +6,9 @@
         --tokenizer sozkz-morphbpe-100k-kk-v1/tokenizer.json --mode reference clip.wav   # the release, as released
 
 Modes (the strategies themselves are in search.py and ctc.py):
-  reference  SPEC §9 to the token: one file at a time, cut at 15 s (--chunked: the original's 12 s-stride
-             chunks), float32, no masks, greedy with repetition penalty 1.15 and no-repeat-trigram, 256 tokens
+  reference  SPEC §9 to the token: each file cut at 15 s (--chunked: the original's 12 s-stride chunks),
+             float32, greedy with repetition penalty 1.15 and no-repeat-trigram, 256 tokens; several files
+             are decoded as one masked batch, which gives each the tokens the original gets for it alone
   greedy     plain greedy, padded batches with masks
   beam       attention beam search, length-normalised
   joint      joint CTC/attention one-pass beam search (the default: DEFAULT_MODE below)
@@ -30,8 +31,8 @@ import torch
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
-from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, log_mel_spectrogram, n_frames
-from search import beam_search, greedy_batch, greedy_tokens, length_runs, reference_greedy  # noqa: F401 (train.py: greedy_batch)
+from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, n_frames
+from search import beam_search, greedy_batch, greedy_tokens, length_runs, release_filters  # noqa: F401 (train.py: greedy_batch)
 from tokenizer import Tokenizer, normalize
 
 __all__ = ["ctc_greedy", "greedy_batch", "DecodeOptions", "Transcriber", "add_decoding_args", "load", "main"]
@@ -95,13 +96,14 @@ class Transcriber:
     def transcribe(self, items) -> list[dict]:
         """Paths or 1-D 16 kHz waveforms -> one result dict each, in input order."""
         results = [None] * len(items)
+        if self.opt.mode == "reference":
+            for k in range(0, len(items), self.opt.batch_size):  # batch_size files at a time: memory stays bounded
+                self._reference(items, range(k, min(k + self.opt.batch_size, len(items))), results)
+            return results
         short = []  # (index, name, samples at 16 kHz) of the items that fit in one window
         for i, item in enumerate(items):
-            name = f"<waveform {i}>" if isinstance(item, torch.Tensor) else str(item)
+            name = _name(item, i)
             try:
-                if self.opt.mode == "reference":
-                    results[i] = self._reference(name, _load(item))
-                    continue
                 n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)  # header only
                 if n > round(self.opt.window * SAMPLE_RATE):
                     results[i] = self._long(name, item)
@@ -208,22 +210,37 @@ class Transcriber:
 
     # -- the release's own decoding ------------------------------------------------------------------------------
 
-    def _reference(self, name: str, wav: torch.Tensor) -> dict:
-        """SPEC §9: one utterance, 15 s cut (or the original's chunks), float32, no masks, filtered greedy."""
-        chunks = longform.reference_chunks(wav) if self.opt.chunked else [(0, wav[:N_SAMPLES])]
-        texts, words = [], []
-        for start, chunk in chunks:
-            mel = log_mel_spectrogram(chunk.to(self.device))[None]  # (1, 80, T)
-            enc, audio, _ = self.model.encode(mel)  # no lengths: the original's maths
-            tokens = reference_greedy(self.model.llm, audio, self.opt.max_tokens)
-            texts.append(normalize(self.tokenizer.decode(tokens)))
-            if self.opt.timestamps:
-                lp = self.model.ctc_log_probs(enc)[0]
-                words.append(self._words(tokens, lp, start / SAMPLE_RATE, chunk.shape[-1] / SAMPLE_RATE))
-        out = {"audio": name, "text": longform.join_chunk_texts(texts)}
-        if self.opt.timestamps:  # the words of the chunks whose text was kept
-            out["words"] = [w for i in longform.kept_chunks(texts) for w in words[i]]
-        return out
+    def _reference(self, items, todo, results):
+        """SPEC §9 for the files `todo` of `items`: each one's 15 s cut (or the original's chunks), float32,
+        filtered greedy. The cuts of several files are decoded as one padded batch with masks, which gives each
+        the tokens it gets alone, unmasked (tests/test_decode.py)."""
+        chunks = []  # (index into items, start sample, waveform)
+        for i in todo:
+            try:
+                wav = _load(items[i])
+            except AudioError as e:
+                results[i] = {"audio": _name(items[i], i), "error": str(e)}
+                continue
+            parts = longform.reference_chunks(wav) if self.opt.chunked else [(0, wav[:N_SAMPLES])]
+            chunks += [(i, start, chunk) for start, chunk in parts]
+        texts, words = {}, {}  # index -> per chunk, in order
+        for k in range(0, len(chunks), self.opt.batch_size):
+            batch = chunks[k: k + self.opt.batch_size]
+            audio, enc_len, log_probs = self._encode([c for _, _, c in batch], ctc=self.opt.timestamps)
+            tokens = greedy_tokens(self.model.llm, audio, enc_len, self.opt.max_tokens, release_filters())
+            for b, ((i, start, chunk), t) in enumerate(zip(batch, tokens)):
+                texts.setdefault(i, []).append(normalize(self.tokenizer.decode(t)))
+                if self.opt.timestamps:
+                    lp = log_probs[b, : int(enc_len[b])]
+                    words.setdefault(i, []).append(self._words(t, lp, start / SAMPLE_RATE, chunk.shape[-1] / SAMPLE_RATE))
+        for i, file_texts in texts.items():
+            results[i] = {"audio": _name(items[i], i), "text": longform.join_chunk_texts(file_texts)}
+            if self.opt.timestamps:  # the words of the chunks whose text was kept
+                results[i]["words"] = [w for c in longform.kept_chunks(file_texts) for w in words[i][c]]
+
+
+def _name(item, i: int) -> str:
+    return f"<waveform {i}>" if isinstance(item, torch.Tensor) else str(item)
 
 
 def greedy_or_beam(llm, audio, enc_len, o: DecodeOptions, ctc: CTCPrefixScorer | None = None) -> list[list[int]]:
@@ -295,8 +312,8 @@ def add_decoding_args(p: argparse.ArgumentParser):
     d.add_argument("--max-tokens", type=int, default=DecodeOptions.max_tokens,
                    help="most tokens per utterance or window, EOS aside (default: %(default)s, the release's)")
     d.add_argument("--batch-size", type=int, default=DecodeOptions.batch_size,
-                   help="files or windows decoded together, padded and masked; reference mode decodes one "
-                        "at a time (default: %(default)s)")
+                   help="files or windows decoded together, padded and masked: each gets the text it gets "
+                        "alone (default: %(default)s)")
     d.add_argument("--chunked", action="store_true",
                    help="reference: the original's chunking (15 s chunks every 12 s, a last chunk under 1 s "
                         "dropped, repeated chunk texts removed) instead of cutting at 15 s")

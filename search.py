@@ -4,7 +4,8 @@
   Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (SPEC §9).
 - `reference_greedy`: SPEC §9 to the token: one utterance, no masks, greedy with the two filters, stop after
   EOS or at 256 tokens.
-- `greedy_batch`: masked, batched greedy without filters (train.py's validation WER).
+- `greedy_tokens`: masked, batched greedy, with the release's filters or without (train.py's validation WER);
+  with them it is `reference_greedy` for many utterances at once.
 - `beam_search`: beam search over the cache with length normalisation; given a `ctc.CTCPrefixScorer` it is
   one-pass joint CTC/attention decoding (Watanabe et al. 2017; Hori et al. 2017): score =
   (1 - w) log p_att(h) + w log psi_ctc(h), candidates pre-selected per hypothesis before the exact CTC scores.
@@ -153,6 +154,11 @@ class NoRepeatNGram:
             logits[banned] = float("-inf")
 
 
+def release_filters(penalty: float = 1.15, ngram: int = 3) -> list:
+    """The release's logit filters, in its order (SPEC §9)."""
+    return [RepetitionPenalty(penalty), NoRepeatNGram(ngram)]
+
+
 @torch.no_grad()
 def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, eos_id: int | None = EOS,
                      penalty: float = 1.15, ngram: int = 3) -> list[int]:
@@ -160,7 +166,7 @@ def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, eos_id: in
 
     The first token is the plain argmax; later steps apply the penalty, then the n-gram ban, then argmax.
     """
-    filters = [RepetitionPenalty(penalty), NoRepeatNGram(ngram)]
+    filters = release_filters(penalty, ngram)
     state = DecoderState(llm, audio, None, max_tokens)
     logits = state.prefill()[0]  # (V,)
     tokens = []
@@ -180,13 +186,21 @@ def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, eos_id: in
 # batched, masked search
 
 @torch.no_grad()
-def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_tokens: int = 256) -> list[list[int]]:
-    """Plain greedy for a padded batch: audio (B, T', d), lengths (B,) -> ids per row, EOS excluded."""
+def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_tokens: int = 256,
+                  filters=()) -> list[list[int]]:
+    """Greedy for a padded batch: audio (B, T', d), lengths (B,) -> ids per row, EOS excluded.
+
+    filters: logit filters applied to each row before its argmax; `release_filters()` makes this the release's
+    decoding (reference_greedy) for many utterances at once, each row as if decoded alone.
+    """
     state = DecoderState(llm, audio, lengths, max_tokens)
     logits = state.prefill()  # (B, V)
     out = [[] for _ in range(audio.shape[0])]
     live = list(range(audio.shape[0]))  # the rows still in the batch, as indices into out
     for i in range(max_tokens):
+        for f in filters:
+            for j, u in enumerate(live):
+                f.apply(logits[j], out[u])  # in place, on row j's view
         tokens = logits.argmax(-1)  # (B_live,)
         ids = tokens.tolist()
         going = [j for j, t in enumerate(ids) if t != EOS]

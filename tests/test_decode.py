@@ -16,6 +16,7 @@ import decode
 from ctc import CTCPrefixScorer
 from mel import SAMPLE_RATE, batch_log_mel, log_mel_spectrogram
 from search import DecoderState, NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
+from tokenizer import normalize
 
 from helpers import wave  # the `tiny` model folder is conftest.py's fixture
 
@@ -105,6 +106,20 @@ def test_reference_chunked_joins_chunk_texts(tiny):
     one = transcriber(tiny, mode="reference")
     parts = [one.transcribe([wav[s: s + 15 * SAMPLE_RATE]])[0]["text"] for s in (0, 12 * SAMPLE_RATE, 24 * SAMPLE_RATE)]
     assert chunked == " ".join(parts)
+
+
+@torch.no_grad()
+def test_reference_batched_gives_each_file_the_tokens_it_gets_alone_unmasked(tiny):
+    waves = [wave(s, i) for i, s in enumerate([1.3, 2.7, 0.6, 17.0, 2.0])]  # one over 15 s: cut
+    got = transcriber(tiny, mode="reference", batch_size=5, max_tokens=30).transcribe(waves)
+    for w, r in zip(waves, got):
+        _, audio, _ = tiny.model.encode(log_mel_spectrogram(w[: 15 * SAMPLE_RATE])[None])  # alone, no masks
+        assert r["text"] == normalize(tiny.tok.decode(naive_reference(tiny.llm, audio, 30)))
+    assert len({r["text"] for r in got}) >= 3  # the files differ: a mix-up between them would show
+    files = [wave(26.5), waves[1], wave(14.0, 3)]
+    chunked = transcriber(tiny, mode="reference", chunked=True, batch_size=4, max_tokens=30).transcribe(files)
+    alone = transcriber(tiny, mode="reference", chunked=True, batch_size=1, max_tokens=30).transcribe(files)
+    assert [r["text"] for r in chunked] == [r["text"] for r in alone]
 
 
 # ---------------------------------------------------------------------------------------------------------------

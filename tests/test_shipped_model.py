@@ -37,6 +37,20 @@ def test_shipped_samples_are_transcribed_within_a_cer_bound(capsys):
     assert errors / chars <= 0.15, hyps  # the held-out test set's CER is in README; 3 samples get slack
 
 
+def test_reference_mode_batched_equals_one_at_a_time_with_real_stops(capsys):
+    """The shipped model stops (EOS) at different steps for different files: finished rows leave the batch,
+    and the rows that stay keep their own filters' history."""
+    torch.set_num_threads(1)
+    paths = [str(p) for p in sorted(SAMPLES.glob("*.wav"))]
+    outs = []
+    for extra in (["--batch-size", "8"], ["--batch-size", "1"], ["--batch-size", "8", "--chunked"],
+                  ["--batch-size", "1", "--chunked"]):
+        assert main(paths + ["--mode", "reference"] + extra) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[2] == outs[3]
+    assert len({len(line.split("\t", 1)[1].split()) for line in outs[0].splitlines()}) >= 2  # ends differ
+
+
 def test_readme_first_command_runs_from_a_fresh_process():
     out = subprocess.run([sys.executable, "decode.py", "samples/sample1.wav"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
