@@ -1,5 +1,7 @@
 """Decoding strategies over the frozen Llama and its KV cache, one small piece each (after whisper's decoding.py).
 
+- `DecoderState`: the decoder after the audio prompt; the beams of an utterance share its audio slots and grow
+  their text as a tree in place (an ancestry mask says which slots each beam sees).
 - `RepetitionPenalty`, `NoRepeatNGram`: the two logit filters of the release's decoding, computed as Hugging
   Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (SPEC §9).
 - `reference_greedy`: SPEC §9 to the token: one utterance, no masks, greedy with the two filters, stop after
