@@ -11,6 +11,7 @@
 
 Not here: CTC training (train.py), the beam search that uses the scorer (search.py).
 """
+import copy
 import math
 
 import torch
@@ -72,24 +73,31 @@ class CTCPrefixScorer:
     h's last label, and r[..., t+1, 1] = log r^b_t(h), those whose frame t is a blank. Slot 0 stands for "before
     the first frame": the empty prefix starts there with probability 1, so one recursion serves every step.
     Memory: two (B, T, V) float32 tensors, ~150 MB each per 15 s utterance with the release's 100000 ids.
+    Utterances that leave the batch (`select`) stay in them: `items` lists the rows still decoded.
     """
 
     def __init__(self, log_probs: torch.Tensor, lengths: torch.Tensor | None = None):
-        self.log_probs = pad_as_blank(log_probs, lengths)  # (B, T, V)
-        self.probs = self.log_probs.exp()  # (B, T, V), for the full-vocabulary estimate in one matmul
+        self.log_probs = pad_as_blank(log_probs, lengths)  # (B0, T, V)
+        self.probs = self.log_probs.exp()  # (B0, T, V), for the full-vocabulary estimate in one matmul
+        self.items = torch.arange(log_probs.shape[0], device=log_probs.device)  # (B,): rows still decoded
 
     def select(self, items: torch.Tensor) -> "CTCPrefixScorer":
-        """The scorer of these utterances only (finished ones leave a batch)."""
-        out = object.__new__(CTCPrefixScorer)
-        out.log_probs, out.probs = self.log_probs[items], self.probs[items]
+        """The scorer of these utterances only (finished ones leave a batch); nothing is copied."""
+        out = copy.copy(self)
+        out.items = self.items[items]
         return out
+
+    def _at(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """x (B0, T, V) at each decoded utterance's labels (B, N), every frame: (B, T, N)."""
+        T = x.shape[1]
+        return x[self.items[:, None, None], torch.arange(T, device=x.device)[None, :, None], labels[:, None, :]]
 
     def initial_state(self, K: int) -> torch.Tensor:
         """r (B, K, T+1, 2) of the empty prefix: r^n_t = 0 (log -inf), r^b_t = y_0^blank ... y_t^blank."""
-        B, T, _ = self.log_probs.shape
+        B, T = len(self.items), self.log_probs.shape[1]
         r = torch.full((B, K, T + 1, 2), NEG_INF, device=self.log_probs.device)
         r[:, :, 0, 1] = 0.0
-        r[:, :, 1:, 1] = self.log_probs[:, :, BLANK].cumsum(1)[:, None, :]
+        r[:, :, 1:, 1] = self.log_probs[self.items, :, BLANK].cumsum(1)[:, None, :]
         return r
 
     @staticmethod
@@ -112,9 +120,9 @@ class CTCPrefixScorer:
         """
         B, K, M = cand.shape
         T = self.log_probs.shape[1]
-        y = self.log_probs.gather(2, cand.reshape(B, 1, K * M).expand(B, T, K * M))  # (B, T, K*M)
+        y = self._at(self.log_probs, cand.reshape(B, K * M))  # (B, T, K*M)
         y = y.view(B, T, K, M).permute(0, 2, 3, 1)  # (B, K, M, T): log y_t^c
-        y_blank = self.log_probs[:, None, None, :, BLANK]  # (B, 1, 1, T)
+        y_blank = self.log_probs[self.items, :, BLANK][:, None, None, :]  # (B, 1, 1, T)
         phi, phi_repeat = self._phi(r)
         phi = torch.where((cand == last[..., None])[..., None], phi_repeat[:, :, None], phi[:, :, None])  # (B, K, M, T)
         # psi(h + c) = sum over the frame t where c starts: (paths labelled h up to t-1) * y_t^c
@@ -143,11 +151,12 @@ class CTCPrefixScorer:
         live = live.any(1)  # (B, T)
         lo, hi = live.int().argmax(1), T - live.flip(1).int().argmax(1)  # (B,): span [lo, hi)
         spans = torch.stack([lo, hi.masked_fill(~live.any(1), 0)], 1).tolist()
-        est = torch.stack([weight[b, :, lo:hi] @ self.probs[b, lo:hi] for b, (lo, hi) in enumerate(spans)])
+        est = torch.stack([weight[b, :, lo:hi] @ self.probs[i, lo:hi]
+                           for b, (i, (lo, hi)) in enumerate(zip(self.items.tolist(), spans))])
         est = est.log() + shift  # (B, K, V)
         # a repeat of the last label may start only after a blank: its column sums r^b alone
         idx = last.clamp(min=0)  # (B, K); the empty prefix has no last label (-1)
-        y_last = self.probs.gather(2, idx[:, None, :].expand(-1, self.probs.shape[1], -1)).transpose(1, 2)  # (B, K, T)
+        y_last = self._at(self.probs, idx).transpose(1, 2)  # (B, K, T)
         rep = ((phi_repeat - shift).exp() * y_last).sum(-1).log() + shift[..., 0]  # (B, K)
         keep = est.gather(2, idx[..., None])[..., 0]
         est.scatter_(2, idx[..., None], torch.where(last >= 0, rep, keep)[..., None])

@@ -97,8 +97,13 @@ class DecoderState:
     def select(self, rows: torch.Tensor):
         """Keep these rows, in this order, whole groups only: new row i continues old row rows[i]."""
         groups = rows[::self.group] // self.group  # each run of R new rows comes from one old group
+        used = self.prompt + self.steps * self.group  # slots written so far: only they are copied
         for c in self.caches:
-            c.k, c.v = c.k[groups], c.v[groups]
+            for name in ("k", "v"):
+                old = getattr(c, name)
+                new = old.new_empty(len(groups), *old.shape[1:])
+                new[:, :, :used] = old[groups, :, :used]
+                setattr(c, name, new)
         self.pos = self.pos[groups]
         if self.prompt_mask is not None:
             self.prompt_mask, self.lengths = self.prompt_mask[groups], self.lengths[groups]
