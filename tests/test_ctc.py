@@ -193,6 +193,21 @@ def test_estimate_over_each_utterances_span_equals_the_exact_scores():
     torch.testing.assert_close(est[..., 1:][matters], exact[matters], atol=1e-3, rtol=1e-4)
 
 
+def test_select_keeps_the_chosen_utterances_scores():
+    """After utterances leave (select), the scorer scores the others exactly as a scorer built for them alone."""
+    lp = log_probs(7, B=3, frames=8)
+    lengths = torch.tensor([8, 5, 7])
+    full, alone = CTCPrefixScorer(lp, lengths).select(torch.tensor([2, 0])), CTCPrefixScorer(lp[[2, 0]], lengths[[2, 0]])
+    r, last = alone.initial_state(2), torch.tensor([[-1, -1], [-1, -1]])
+    torch.testing.assert_close(full.initial_state(2), r)
+    cand = torch.tensor([[[1, 2], [3, 1]], [[2, 2], [1, 3]]])
+    for a, b in zip(full.score(r, last, cand, start=0), alone.score(r, last, cand, start=0)):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(full.estimate(r, last), alone.estimate(r, last))
+    again = full.select(torch.tensor([1]))  # a second select indexes the first's rows
+    torch.testing.assert_close(again.initial_state(1), CTCPrefixScorer(lp[[0]], lengths[[0]]).initial_state(1))
+
+
 def test_forced_align_is_the_best_alignment():
     lp = log_probs(4)[0]
     for tokens in [[1], [2, 3], [1, 1], [3, 2, 3], [1, 2, 2]]:
