@@ -223,6 +223,7 @@ class Llama(nn.Module):
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.register_parameter("new_rows", None)  # (n_new, dim) embedding rows added by extend_vocab
         self.register_parameter("output_new_rows", None)  # the same for an untied head
+        self._repeat_key = self._repeated = None  # _one_row_repeated's answer, per version of the extended rows
         self.reset_rope()
         self.apply(self._init_weights)
 
@@ -303,7 +304,7 @@ class Llama(nn.Module):
         if rows.requires_grad:
             return False
         key = (rows.data_ptr(), rows._version)
-        if getattr(self, "_repeat_key", None) != key:
+        if self._repeat_key != key:
             self._repeat_key, self._repeated = key, bool((rows == rows[:1]).all())
         return self._repeated
 

@@ -166,27 +166,14 @@ def release_filters(penalty: float = 1.15, ngram: int = 3) -> list:
     return [RepetitionPenalty(penalty), NoRepeatNGram(ngram)]
 
 
-@torch.no_grad()
-def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, eos_id: int | None = EOS,
-                     penalty: float = 1.15, ngram: int = 3) -> list[int]:
-    """SPEC §9 for one utterance: audio (1, T', d) -> ids, EOS excluded. eos_id=None never stops (benchmarks).
+def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, penalty: float = 1.15,
+                     ngram: int = 3) -> list[int]:
+    """SPEC §9 for one utterance: audio (1, T', d) -> ids, EOS excluded, stop after EOS or at max_tokens.
 
-    The first token is the plain argmax; later steps apply the penalty, then the n-gram ban, then argmax.
+    The first token is the plain argmax (no generated ids yet for the filters, as in HF); later steps apply the
+    penalty, then the n-gram ban, then argmax. It is `greedy_tokens` with the release's filters, for one row.
     """
-    filters = release_filters(penalty, ngram)
-    state = DecoderState(llm, audio, None, max_tokens)
-    logits = state.prefill()[0]  # (V,)
-    tokens = []
-    while True:
-        for f in filters:
-            f.apply(logits, tokens)  # both are no-ops on the first step (no generated ids yet), as in HF
-        token = int(logits.argmax())
-        if token == eos_id:
-            return tokens
-        tokens.append(token)
-        if len(tokens) == max_tokens:
-            return tokens
-        logits = state.step(torch.tensor([token], device=audio.device))[0]
+    return greedy_tokens(llm, audio, None, max_tokens, release_filters(penalty, ngram))[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
