@@ -84,6 +84,7 @@ class TrainConfig:
     keep: int = arg(3, "checkpoints kept (the best is kept apart in best/)")
     eval_every: int = arg(0, "validate every N steps; 0 = once an epoch")
     eval_wer: int = arg(50, "validation utterances decoded greedily for WER")
+    eval_listen: int = arg(200, "validation utterances for the listen gap: CE with shuffled minus own audio (e2e)")
     log_every: int = arg(10, "steps between log lines")
     num_workers: int = arg(2, "DataLoader worker processes (features are computed there)")
     seed: int = arg(42, "seed for initialisation, data order and augmentation")
@@ -359,8 +360,14 @@ def validate(objective, loader, cfg, device, ctx, tokenizer, n_wer):
                 cer_errs, cer_len = cer_errs + c.errors, cer_len + c.ref_len
             n_wer -= batch["size"]
     model.train()
-    return dict(valid_loss=tot["loss"] / max(1, tot["n"]), valid_wer=wer_errs / max(1, wer_len),
-                valid_cer=cer_errs / max(1, cer_len))
+    out = dict(valid_loss=tot["loss"] / max(1, tot["n"]), valid_wer=wer_errs / max(1, wer_len),
+               valid_cer=cer_errs / max(1, cer_len))
+    if cfg.stage == "e2e" and tot["n"] >= 2:  # does the decoder read the audio? (listen.py)
+        from listen import listen
+
+        r = listen(model, loader, tokenizer.eos_id, device, max_utts=cfg.eval_listen)
+        out.update(valid_ce_own=r["own"], valid_ce_shuffled=r["shuffled"], valid_listen_gap=r["gap"])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from decoder import Llama, LlamaConfig, save_llama
 from tokenizer import Tokenizer
 
 
-def load_blocks(text_path, tokenizer, seq_len, valid_fraction, seed):
-    """Text file -> (train, valid) LongTensors of shape (n_blocks, seq_len + 1), packed with EOS between lines."""
+def load_lines(text_path, tokenizer, valid_fraction, seed) -> tuple[list[list[int]], list[list[int]]]:
+    """Text file -> (train, valid) lists of token ids, one a line, shuffled."""
     try:
         lines = [l.strip() for l in open(text_path, encoding="utf-8") if l.strip()]
     except OSError as e:
@@ -34,18 +34,51 @@ def load_blocks(text_path, tokenizer, seq_len, valid_fraction, seed):
         raise ValueError(f"{text_path}: no text")
     random.Random(seed).shuffle(lines)
     n_valid = max(1, int(len(lines) * valid_fraction))
-    out = []
-    for part in (lines[n_valid:], lines[:n_valid]):
-        ids = [i for line in part for i in tokenizer.encode(line) + [tokenizer.eos_id]]
-        n = max(1, (len(ids) - 1) // seq_len)
-        ids = torch.tensor((ids * 2)[: n * seq_len + 1])  # a tiny valid split may need to wrap once
-        out.append(torch.stack([ids[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)]))
-    return out
+    ids = [tokenizer.encode(line) for line in lines]
+    return [i for i in ids[n_valid:] if i], [i for i in ids[:n_valid] if i]
 
 
-def lm_loss(model, block):  # block: (B, T+1) token ids
-    hidden = model(model.embed(block[:, :-1]))
-    return F.cross_entropy(model.logits(hidden).flatten(0, 1), block[:, 1:].flatten())
+def text_blocks(lines: list[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
+    """Lines packed with EOS between them -> (n_blocks, seq_len + 1) token ids (a tiny split may wrap once)."""
+    ids = [i for line in lines for i in line + [eos_id]]
+    n = max(1, (len(ids) - 1) // seq_len)
+    ids = torch.tensor((ids * 2)[: n * seq_len + 1])
+    return torch.stack([ids[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
+
+
+def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int) -> tuple[list[int], list[int]]:
+    """
+    One line as a copy exercise shaped like the ASR prompt: the line "spoken" slowly (each token held 1-3 positions,
+    then 0-8 positions of <pad> silence), then the line written out, then EOS. Only the written part is a target:
+        [5, 9] -> inputs  [pad, 5, 5, pad, pad, 9, pad, 5, 9, eos]
+                  targets [ -,  -, -,   -,   -, -,   5, 9, eos, -]
+    ~6 prompt positions a token, as 25 audio frames a second carry ~4 tokens.
+    """
+    prompt = [pad_id] * rng.randint(0, 8)
+    for t in ids:
+        prompt += [t] * rng.randint(1, 3) + [pad_id] * rng.randint(0, 8)
+    prompt += [pad_id] * rng.randint(1, 8)
+    inputs = prompt + ids + [eos_id]
+    targets = [-100] * (len(prompt) - 1) + ids + [eos_id, -100]
+    return inputs, targets
+
+
+def copy_blocks(lines: list[list[int]], n: int, seq_len: int, rng: random.Random, pad_id: int, eos_id: int):
+    """n blocks of copy exercises packed end to end -> (inputs, targets), each (n, seq_len)."""
+    xs, ys = [], []
+    for _ in range(n):
+        x, y = [], []
+        while len(x) < seq_len:
+            a, b = copy_exercise(lines[rng.randrange(len(lines))], rng, pad_id, eos_id)
+            x, y = x + a, y + b
+        xs.append(x[:seq_len])
+        ys.append(y[:seq_len])
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+def lm_loss(model, inputs, targets):  # (B, T) token ids; targets -100 where nothing is predicted
+    hidden = model(model.embed(inputs))
+    return F.cross_entropy(model.logits(hidden).flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
 def main(argv=None):
@@ -66,6 +99,9 @@ def main(argv=None):
     p.add_argument("--valid-fraction", type=float, default=0.02, help="lines held out (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the weights are saved in (default: %(default)s)")
+    p.add_argument("--copy-fraction", type=float, default=0.5,
+                   help="share of each batch that is copy exercises: a line held slowly then written out, the "
+                        "shape of the ASR prompt, so the frozen LM can read the audio (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = p.parse_args(argv)
     try:
@@ -74,18 +110,42 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
 
+def batch(step, train, lines, args, rng, g, pad_id, eos_id):
+    """Step `step`'s (inputs, targets): plain text blocks, and --copy-fraction of them copy exercises."""
+    n_copy = round(args.batch_size * args.copy_fraction)
+    block = train[torch.randint(len(train), (args.batch_size - n_copy,), generator=g)]
+    x, y = block[:, :-1], block[:, 1:]
+    if n_copy:
+        cx, cy = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id)
+        x, y = torch.cat([x, cx]), torch.cat([y, cy])
+    return x, y
+
+
+@torch.no_grad()
+def evaluate(model, blocks: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Mean CE per target token over (inputs, targets)."""
+    x, y = blocks
+    tot = n = 0
+    for i in range(0, len(x), 32):
+        k = int((y[i: i + 32] != -100).sum())
+        tot, n = tot + lm_loss(model, x[i: i + 32], y[i: i + 32]).item() * k, n + k
+    return tot / max(1, n)
+
+
 def run(args):
     torch.manual_seed(args.seed)
     tok = Tokenizer.load(args.tokenizer)
-    train, valid = load_blocks(args.text, tok, args.seq_len, args.valid_fraction, args.seed)
+    lines, valid_lines = load_lines(args.text, tok, args.valid_fraction, args.seed)
+    train, valid = text_blocks(lines, args.seq_len, tok.eos_id), text_blocks(valid_lines, args.seq_len, tok.eos_id)
     cfg = LlamaConfig(vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
                       n_kv_heads=args.n_kv_heads, ffn_dim=args.ffn_dim, max_seq_len=2048, tie_embeddings=True,
                       bos_id=tok.eos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
     model = Llama(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{n_params / 1e6:.2f}M parameters, {len(train)} training blocks of {args.seq_len} tokens")
+    print(f"{n_params / 1e6:.2f}M parameters, {len(train)} text blocks of {args.seq_len} tokens, "
+          f"{args.copy_fraction:.0%} of each batch copy exercises")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    g = torch.Generator().manual_seed(args.seed)
+    g, rng = torch.Generator().manual_seed(args.seed), random.Random(args.seed)
     bar = tqdm(range(args.steps), dynamic_ncols=True)
     t0 = time.time()
     for step in bar:
@@ -93,18 +153,17 @@ def run(args):
         lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = lm_loss(model, train[torch.randint(len(train), (args.batch_size,), generator=g)])
+        loss = lm_loss(model, *batch(step, train, lines, args, rng, g, tok.pad_id, tok.eos_id))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
     model.eval()
-    with torch.no_grad():
-        v = sum(lm_loss(model, valid[i: i + 64]).item() * len(valid[i: i + 64]) for i in range(0, len(valid), 64))
-    v /= len(valid)
+    v = evaluate(model, (valid[:, :-1], valid[:, 1:]))
+    c = evaluate(model, copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id))
     print(f"done in {time.time() - t0:.0f} s: train loss {loss.item():.3f}, valid loss {v:.3f} "
-          f"(perplexity {math.exp(v):.1f})")
+          f"(perplexity {math.exp(v):.1f}), valid copy-exercise loss {c:.3f}")
     save_llama(model.to(getattr(torch, args.dtype)), args.out)
 
 

@@ -1,5 +1,7 @@
 """train.py on a tiny model and a few utterances: it learns, accumulates, resumes, scales out, survives bad data."""
+import itertools
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +13,7 @@ import train as T
 from dataset import collate, open_dataset
 from decoder import Llama, LlamaConfig, load_llama, save_llama
 from tokenizer import Tokenizer, train_sentencepiece
-from train_lm import lm_loss, load_blocks
+from train_lm import copy_exercise, lm_loss, load_lines, text_blocks
 
 TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
 MORE = ["ол мектепке барады", "біз үйде отырмыз", "менің атым айгүл", "сен қайдан келдің", "ертең жаңбыр жауады",
@@ -35,11 +37,11 @@ def setup(tmp_path_factory):
     # 300 base rows < 330 tokenizer ids: the vocabulary extension is exercised, as in the release (50257 < 100000)
     llm = Llama(LlamaConfig(vocab_size=300, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64))
     # a frozen decoder is only useful pretrained: a few steps on the texts, as train_lm.py does at scale
-    blocks, _ = load_blocks(root / "text.txt", Tokenizer.load(tok), seq_len=32, valid_fraction=0.05, seed=0)
-    blocks = blocks.clamp(max=299)  # ids past the base vocabulary are unknown to it, like 50257+ in the release
+    lines, _ = load_lines(root / "text.txt", Tokenizer.load(tok), valid_fraction=0.05, seed=0)
+    blocks = text_blocks(lines, seq_len=32, eos_id=0).clamp(max=299)  # ids past the base vocabulary are unknown to it, like 50257+ in the release
     opt = torch.optim.AdamW(llm.parameters(), lr=1e-2)
     for _ in range(60):
-        lm_loss(llm, blocks).backward()
+        lm_loss(llm, blocks[:, :-1], blocks[:, 1:]).backward()
         opt.step()
         opt.zero_grad()
     save_llama(llm, root / "llama")
@@ -189,3 +191,40 @@ def test_parquet_mel_dataset_reads_the_release_layout(setup, tmp_path):
     item = ds[0]
     torch.testing.assert_close(item["mel"], torch.from_numpy(mels[0].astype(np.float32)))
     assert Tokenizer.load(setup[1]).decode(item["tokens"].tolist()) == "сәлем"
+
+
+def test_copy_exercise_targets_only_the_written_line():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(50):
+        ids = [4 + rng.randrange(40)]
+        while len(ids) < rng.randint(1, 6):
+            ids.append(4 + (ids[-1] - 4 + 1 + rng.randrange(39)) % 40)  # no two equal neighbours: runs stay apart
+        x, y = copy_exercise(ids, rng, pad_id=1, eos_id=0)
+        n = len(x) - len(ids) - 1  # prompt length
+        assert len(x) == len(y) and x[n:] == ids + [0]
+        # the prompt holds every token in order, each 1-3 times in a row, with only silence between
+        runs = [(t, sum(1 for _ in g)) for t, g in itertools.groupby(x[:n]) if t != 1]
+        assert [t for t, _ in runs] == ids and all(1 <= k <= 3 for _, k in runs)
+        assert x[n - 1] == 1  # the prompt ends in silence, as an utterance does
+        # targets: the last prompt position predicts the first token, then each written token the next, then EOS
+        assert y[: n - 1] == [-100] * (n - 1) and y[n - 1:] == ids + [0, -100]
+
+
+def test_listen_pairs_each_text_with_another_utterances_audio(setup):
+    from listen import listen
+    from dataset import SpeechDataset, collate, read_manifest
+
+    root, tok = setup
+    tokenizer = Tokenizer.load(tok)
+    model = T.build_model(config(setup, root / "unused", stage="e2e"), tokenizer).eval()
+    rows = read_manifest(root / "train.jsonl")
+    data = SpeechDataset(rows, tokenizer)
+    r = listen(model, torch.utils.data.DataLoader(data, batch_size=3, collate_fn=collate), 0)
+    assert r["utterances"] == len(rows) == 4  # a lone last item is joined to the batch before it, not dropped
+    assert all(math.isfinite(r[k]) for k in ("own", "shuffled", "none")) and r["gap"] == r["shuffled"] - r["own"]
+    assert abs(r["shuffled"] - r["own"]) > 1e-4  # different audio, different CE
+    same = SpeechDataset([dict(r, audio_filepath=rows[0]["audio_filepath"]) for r in rows], tokenizer)
+    r = listen(model, torch.utils.data.DataLoader(same, batch_size=4, collate_fn=collate), 0)
+    assert abs(r["shuffled"] - r["own"]) < 1e-5  # every item's audio the same: shuffling changes nothing

@@ -1,0 +1,113 @@
+"""
+Does the decoder listen? The cross-entropy of the true transcripts under three prompts.
+
+The frozen Llama continues [audio embeddings | text] with the transcript (recipe §4). If it reads the audio, the
+transcript is much more likely after its own audio than after someone else's. Three numbers, in nats per target
+token (the text's tokens and EOS, no label smoothing):
+
+    own       each utterance's own audio, as in training
+    shuffled  the audio of another utterance of the set (each item paired with the next one)
+    none      no audio: a single EOS as the prompt, the text-only LM's own start of a line
+
+gap = shuffled - own. Near 0: the decoder writes from its language model alone and the audio is decoration (then only
+CTC carries recognition). A few nats: the transcript is written from the audio. own < none < shuffled is the usual
+order: someone else's audio misleads more than none.
+
+    python listen.py --manifest data/synth/test.jsonl               # the shipped teaching model
+    python listen.py --manifest valid.jsonl --model runs/e2e/best --max-utts 100
+"""
+import argparse
+import sys
+
+import torch
+
+from dataset import SpeechDataset, collate, read_manifest
+from tokenizer import Tokenizer
+
+
+@torch.no_grad()
+def listen_sums(model, batch, eos_id: int) -> dict:
+    """Summed CE (nats) of one batch under the three prompts, and the number of target tokens. Needs >= 2 items."""
+    from train import ce_loss  # the training loss, so the diagnostic measures exactly what training optimises
+
+    mel, mel_len, tokens, tok_len = batch["mel"], batch["mel_lengths"], batch["tokens"], batch["token_lengths"]
+    B = tokens.shape[0]
+    if B < 2:
+        raise ValueError("the listen test needs at least 2 utterances (one's audio prompts another's text)")
+    _, audio, audio_len = model.encode(mel, mel_len)  # (B, T', D)
+    none = model.llm.embed(torch.full((B, 1), eos_id, dtype=torch.long, device=tokens.device)).to(audio.dtype)
+    roll = torch.roll(torch.arange(B, device=tokens.device), -1)  # item b hears item b+1's audio
+    ce = lambda a, n: ce_loss(model.llm, a, n, tokens, tok_len, eos_id, 0.0).item()  # noqa: E731
+    return dict(own=ce(audio, audio_len), shuffled=ce(audio[roll], audio_len[roll]),
+                none=ce(none, torch.ones(B, dtype=torch.long, device=tokens.device)),
+                tokens=float(tok_len.sum() + B))
+
+
+def listen_batches(loader):
+    """Batches of >= 2 items: a lone last item joins the batch before it."""
+    held = None
+    for batch in loader:
+        if not batch["size"]:
+            continue
+        if held is not None and batch["size"] < 2:
+            batch = collate([dict(mel=held["mel"][i, :, : held["mel_lengths"][i]],
+                                  tokens=held["tokens"][i, : held["token_lengths"][i]]) for i in range(held["size"])]
+                            + [dict(mel=batch["mel"][0], tokens=batch["tokens"][0])])
+            held = None
+        if held is not None:
+            yield held
+        held = batch
+    if held is not None:
+        yield held
+
+
+def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0) -> dict:
+    """Mean CE per target token under each prompt, over the loader's batches (the first max_utts, 0 = all)."""
+    was_training = model.training
+    model.eval()
+    tot = dict(own=0.0, shuffled=0.0, none=0.0, tokens=0.0)
+    seen = 0
+    for batch in listen_batches(loader):
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        for k, v in listen_sums(model, batch, eos_id).items():
+            tot[k] += v
+        seen += batch["size"]
+        if max_utts and seen >= max_utts:
+            break
+    model.train(was_training)
+    if not tot["tokens"]:
+        raise ValueError("no readable utterances to test")
+    out = {k: tot[k] / tot["tokens"] for k in ("own", "shuffled", "none")}
+    out["gap"] = out["shuffled"] - out["own"]
+    out["utterances"] = seen
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text) of the utterances to test")
+    p.add_argument("--model", default="models/teach", help="model folder (default: %(default)s, the teaching model)")
+    p.add_argument("--decoder", default=None, help="decoder folder, if not the one the model folder names")
+    p.add_argument("--max-utts", type=int, default=0, help="test only the first N utterances; 0 = all (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default: %(default)s)")
+    args = p.parse_args(argv)
+    if args.batch_size < 2 or args.max_utts < 0:
+        p.error("--batch-size must be >= 2 and --max-utts >= 0")
+    from model import load_model, tokenizer_path
+
+    try:
+        model = load_model(args.model, decoder=args.decoder)
+        tokenizer = Tokenizer.load(str(tokenizer_path(args.model)))
+        data = SpeechDataset(read_manifest(args.manifest), tokenizer, max_seconds=15.0)
+        loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate)
+        r = listen(model, loader, tokenizer.eos_id, max_utts=args.max_utts)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{r['utterances']} utterances, CE in nats/token: own audio {r['own']:.3f}, shuffled audio "
+          f"{r['shuffled']:.3f}, no audio {r['none']:.3f}; listen gap (shuffled - own) {r['gap']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
