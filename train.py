@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -274,16 +275,38 @@ def to_device(batch, device):
 # ---------------------------------------------------------------------------------------------------------------
 # checkpoints: checkpoint-{step}/ = a model folder + trainer.pt (optimiser, RNG, data position, config)
 
+def rng_state():
+    """Every RNG the run draws from, as tensors and plain lists (trainer.pt loads with weights_only=True)."""
+    version, key, gauss = random.getstate()  # (3, 625 ints, None or float)
+    kind, np_key, np_pos, has_gauss, cached = np.random.get_state()  # ('MT19937', uint32 (624,), int, int, float)
+    return dict(python=dict(version=version, key=torch.tensor(key, dtype=torch.int64), gauss=gauss),
+                numpy=dict(kind=kind, key=torch.from_numpy(np_key.astype(np.int64)), pos=int(np_pos),
+                           has_gauss=int(has_gauss), cached=float(cached)),
+                torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def set_rng_state(rng):
+    """The inverse of rng_state()."""
+    py, npy = rng["python"], rng["numpy"]
+    random.setstate((py["version"], tuple(py["key"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
-    """Write into a temporary folder, then rename: a crash never leaves a half-written checkpoint."""
+    """Write into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
+    trainer.pt holds only tensors and plain containers, so loading it never runs code. The learning-rate schedule
+    is a function of the step (get_lr), so the step is its whole state."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
                extra_config=dict(stage=cfg.stage, step=step))
-    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg),
-                 rng=dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                          cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []),
+    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg), rng=rng_state(),
                  **(extra or {}))
     torch.save(state, tmp / "trainer.pt")
     old = path.with_name(f".old-{path.name}")
@@ -298,21 +321,40 @@ def latest_checkpoint(out):
     return ckpts[-1] if ckpts else None
 
 
+def read_trainer_file(path):
+    """trainer.pt -> dict, with weights_only=True: a file holding anything but tensors and plain containers
+    (a tampered pickle) is refused before any of it runs. Damage is a ValueError naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: missing") from None
+    except Exception as e:
+        what = re.search(r"GLOBAL (\S+)", str(e))
+        if what:  # the weights-only unpickler met a class or function: loading the file would run code
+            raise ValueError(f"{path}: refused, loading it would call {what.group(1)} "
+                             "(a checkpoint holds only tensors and plain containers)") from None
+        raise ValueError(f"{path}: damaged or not a torch file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or not {"optimizer", "step", "pos", "rng"} <= set(state):
+        raise ValueError(f"{path}: not a trainer state (expected optimizer, step, pos, rng)")
+    return state
+
+
 def load_trainer_state(path, model, optimizer):
     """Weights (strictly), optimiser and RNG states; returns the trainer dict (step, data position, ...)."""
-    loaded = load_model(path, decoder=None)
+    state = read_trainer_file(Path(path) / "trainer.pt")  # first: nothing of a refused checkpoint is used
+    try:
+        loaded = load_model(path, decoder=None)
+    except ValueError:
+        raise
+    except Exception as e:  # model.safetensors or config.json damaged
+        raise ValueError(f"{path}: cannot read the model, damaged ({type(e).__name__})") from None
     own = loaded.own_state_dict()
     missing = set(model.own_state_dict()) ^ set(own)
     if missing:
         raise ValueError(f"{path}: checkpoint does not match the model: {', '.join(sorted(missing))}")
     model.load_state_dict(own, strict=False)
-    state = torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    set_rng_state(state["rng"])
     return state
 
 
@@ -513,8 +555,9 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except ValueError as e:  # bad input: one line, no traceback
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # bad input: one line naming the file, no traceback, exit 2 (as argparse's errors)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(setup, tmp_pat
     ds = open_dataset(cfg.train, Tokenizer.load(cfg.tokenizer))
     single = window_grads(setup, [collate([ds[i] for i in range(4)])])
     torch.multiprocessing.spawn(_ddp_worker, args=(2, setup, tmp_path / "init", tmp_path / "g.pt"), nprocs=2)
-    ddp = torch.load(tmp_path / "g.pt")
+    ddp = torch.load(tmp_path / "g.pt", weights_only=True)
     for n in single:
         torch.testing.assert_close(ddp[n], single[n], atol=1e-6, rtol=1e-4, msg=n)
 

@@ -1,0 +1,126 @@
+"""train.py on bad input: every problem is one line naming the file, exit 2, and nothing loaded runs code."""
+import json
+import subprocess
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import train as T
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Four noise 'utterances' (0.6 .. 1.5 s) and their manifest."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, text in enumerate(TEXTS):
+        n = 16000 * (6 + 3 * i) // 10
+        sf.write(root / f"u{i}.wav", (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
+        rows.append(dict(audio_filepath=f"u{i}.wav", text=text, duration=n / 16000))
+    write_manifest(root / "train.jsonl", rows)
+    return root
+
+
+def write_manifest(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def config(tiny, data, out, **kw):
+    """A tiny ctc run on the fixture data: a few steps take well under a second."""
+    base = dict(stage="ctc", encoder="tiny", train=str(data / "train.jsonl"), tokenizer=str(tiny.tok.path),
+                decoder=str(tiny.root / "llm"), out=str(out), batch_size=2, grad_accum=1, lr=1e-3, max_steps=2,
+                dropout=0.0, spec_augment=False, speed_perturb=False, num_workers=0, eval_wer=0, save_every=1,
+                log_every=1)
+    return replace(T.TrainConfig(), **{**base, **kw})
+
+
+def cli(cfg):
+    """The train.py flags that give `cfg`."""
+    args = []
+    for f in fields(T.TrainConfig):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif value != "":
+            args += [flag, str(value)]
+    return args
+
+
+def run_train(args):
+    """train.py in a subprocess: exit codes and tracebacks are what is tested."""
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def one_line_error(proc, *says):
+    """Exit 2, stderr one line without a traceback, naming each of `says`."""
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for s in says:
+        assert str(s) in err, (s, err)
+    return err
+
+
+class Payload:
+    """Unpickling this object runs code: it creates the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def plant(path, marker, **tensors):
+    """Save a dict holding a payload (beside real tensors) where the project expects a .pt, and check it is live."""
+    torch.save({**tensors, "payload": Payload(marker)}, path)
+    torch.load(path, weights_only=False)  # an unsafe load does run it: the test below can fail
+    assert marker.exists()
+    marker.unlink()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nothing loaded runs code
+
+def test_trainer_state_loads_with_weights_only_and_restores_every_rng(tiny, data, tmp_path):
+    T.train(config(tiny, data, tmp_path / "run", max_steps=1))
+    state = torch.load(tmp_path / "run" / "checkpoint-1" / "trainer.pt", weights_only=True)
+    assert state["step"] == 1 and state["optimizer"]["state"]
+    saved = T.rng_state()
+    want = (T.random.random(), np.random.rand(), torch.rand(1))
+    T.set_rng_state(saved)
+    assert (T.random.random(), np.random.rand(), torch.rand(1)) == want
+
+
+def test_resume_refuses_a_trainer_state_that_would_run_code(tiny, data, tmp_path):
+    cfg = config(tiny, data, tmp_path / "run", max_steps=1)
+    T.train(cfg)
+    trainer = tmp_path / "run" / "checkpoint-1" / "trainer.pt"
+    marker = tmp_path / "ran"
+    plant(trainer, marker, step=1)
+    proc = run_train(cli(replace(cfg, resume=True, max_steps=2)))
+    one_line_error(proc, trainer, "refused", "exec")
+    assert not marker.exists()
+    assert not (tmp_path / "run" / "checkpoint-2").exists()  # and it did not train on regardless
+
+
+def test_release_loader_refuses_a_model_pt_that_would_run_code(tiny, tmp_path):
+    sd = {k: v for k, v in tiny.model.state_dict().items() if not k.startswith("llm.")}
+    marker = tmp_path / "ran"
+    plant(tmp_path / "model.pt", marker, **sd)
+    proc = subprocess.run([sys.executable, str(ROOT / "decode.py"), "--checkpoint", str(tmp_path / "model.pt"),
+                           "--decoder", str(tiny.root / "llm"), "--tokenizer", str(tiny.tok.path), "x.wav"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    one_line_error(proc, "model.pt")
+    assert not marker.exists()
