@@ -13,7 +13,8 @@ Two ways in (SPEC section 8):
       model.safetensors  every tensor the decoder folder does not hold
       tokenizer.model    (or tokenizer.json)
       decoder/           the frozen Llama in Hugging Face format (or a path to one in config.json)
-Losses live in train.py and decoding in decode.py; this file only builds and stores the model.
+`ASRModel.forward` is the model as training runs it; the prompt functions beside it are shared with search.py.
+Losses live in train.py and decoding strategies in search.py.
 """
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -38,6 +40,45 @@ def extra_rows(llm: Llama) -> list:
     return [p for p in (getattr(llm, n) for n in EXTRA_ROWS) if p is not None]
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# the decoder's prompt: [audio embeddings | text embeddings]. Training (ASRModel.forward) and every search
+# (search.DecoderState) build it with these functions, so a change to the prompt is a change here alone.
+
+def decoder_prompt(llm: Llama, audio: torch.Tensor, lengths: torch.Tensor | None):
+    """What the decoder reads before the text: audio (B, T', d), lengths (B,) or None -> prompt (B, P, d), lengths.
+
+    The release's prompt is the audio embeddings alone (SPEC section 4): P = T', lengths unchanged. Item b's prompt
+    is its first lengths[b] slots (right padding); lengths=None is the original's unmasked maths, every slot real.
+    """
+    return audio, lengths
+
+
+def prompt_key_mask(lengths: torch.Tensor, P: int) -> torch.Tensor:
+    """(B,) prompt lengths -> (B, P) bool, True at the slots the text may attend to: [3, 1], P=3 -> [[1,1,1], [1,0,0]]."""
+    return torch.arange(P, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def text_positions(lengths: torch.Tensor | None, P: int, L: int, start: int = 0, batch: int = 1) -> torch.Tensor:
+    """RoPE positions (B, L) of text tokens start..start+L-1: each item's text continues at its own prompt length,
+    exactly as if it were alone ([3, 1], L=2 -> [[3, 4], [1, 2]]); lengths=None: after the padded prompt, P + i."""
+    i = torch.arange(start, start + L, device=None if lengths is None else lengths.device)
+    return (P + i).expand(batch, L) if lengths is None else lengths[:, None] + i
+
+
+def predicting_positions(lengths: torch.Tensor | None, P: int, L: int, batch: int = 1) -> torch.Tensor:
+    """Slots (B, L+1) of [prompt | L text tokens] whose outputs predict text[0], ..., text[L-1], EOS: the last prompt
+    slot, then every text slot. An item's own text ends at its length: later outputs are ignored by the loss."""
+    last = torch.full((batch,), P - 1) if lengths is None else lengths - 1  # (B,)
+    text = P + torch.arange(L, device=last.device)
+    return torch.cat([last[:, None], text.expand(len(last), L)], dim=1)
+
+
+class ASROutput(NamedTuple):
+    ctc_log_probs: torch.Tensor         # (B, T', V) float32, on the encoder output
+    enc_lengths: torch.Tensor           # (B,) encoder frames of each item (all T' for the unmasked original)
+    logits: torch.Tensor | None = None  # (B, L+1, V) float32 at the predicting positions; None without text
+
+
 class ASRModel(nn.Module):
     def __init__(self, enc_cfg: EncoderConfig, llm: Llama, vocab_size: int):
         super().__init__()
@@ -46,6 +87,36 @@ class ASRModel(nn.Module):
         self.ctc_head = nn.Linear(enc_cfg.dim, vocab_size)  # on the encoder output, blank id 0
         self.llm = llm
         self.vocab_size = vocab_size
+
+    def forward(self, mel, mel_lengths=None, tokens=None, token_lengths=None) -> ASROutput:
+        """The whole model as training sees it (the README's box): audio -> CTC log-probs, and, given the
+        transcripts, [prompt | text] -> the decoder's logits at the L+1 positions that predict text + EOS.
+
+        mel : (B, n_mels, T) log-mels; mel_lengths : (B,) or None (the original: no masks, every item as long as
+        the batch). tokens : (B, L) text ids, any padding after token_lengths (B,) (the causal decoder never reads
+        it) or None for the encoder alone (CTC training). Only the predicting positions are projected onto the
+        vocabulary (the original projected every audio frame too).
+        """
+        enc, audio, enc_lengths = self.encode(mel, mel_lengths)
+        ctc = self.ctc_log_probs(enc)
+        frames = enc_lengths if enc_lengths is not None else torch.full((enc.shape[0],), enc.shape[1], device=enc.device)
+        if tokens is None:
+            return ASROutput(ctc, frames)
+        return ASROutput(ctc, frames, self.text_logits(audio, enc_lengths, tokens))
+
+    def text_logits(self, audio, lengths, tokens):
+        """Audio embeddings (B, T', d), lengths (B,) or None, tokens (B, L) -> logits (B, L+1, V) float32."""
+        prompt, lengths = decoder_prompt(self.llm, audio, lengths)
+        (B, P, D), L = prompt.shape, tokens.shape[1]
+        x = torch.cat([prompt, self.llm.embed(tokens).to(prompt.dtype)], dim=1)  # (B, P+L, D)
+        positions = key_mask = None  # the original: RoPE position = slot, plain causal attention
+        if lengths is not None:  # padded prompt slots are hidden; each item's text continues at its own length
+            slots = torch.arange(P, device=x.device).expand(B, P)
+            positions = torch.cat([slots, text_positions(lengths, P, L)], dim=1)  # (B, P+L)
+            key_mask = torch.cat([prompt_key_mask(lengths, P), torch.ones(B, L, dtype=torch.bool, device=x.device)], 1)
+        h = self.llm(x, positions=positions, key_mask=key_mask)  # (B, P+L, D)
+        where = predicting_positions(lengths, P, L, B).to(x.device)  # (B, L+1)
+        return self.llm.logits(h.gather(1, where[..., None].expand(B, L + 1, D)))
 
     def encode(self, mel, lengths=None):
         """

@@ -19,6 +19,7 @@ import math
 import torch
 
 from ctc import CTCPrefixScorer
+from model import decoder_prompt, predicting_positions, prompt_key_mask, text_positions
 
 EOS = 0  # <|endoftext|>: also the CTC blank (SPEC §6)
 
@@ -43,40 +44,41 @@ class DecoderState:
 
     def __init__(self, llm, audio: torch.Tensor, lengths: torch.Tensor | None = None, max_new: int = 256,
                  group: int = 1):
-        B, T, _ = audio.shape  # (B, T', d)
-        self.llm, self.audio, self.lengths, self.prompt, self.group = llm, audio, lengths, T, group
-        self.caches = llm.new_caches(B, T + group * (max_new + 1), audio.device, audio.dtype)
+        x, lengths = decoder_prompt(llm, audio, lengths)  # the prompt training reads too (model.py)
+        B, T, _ = x.shape  # (B, P, d)
+        self.llm, self.x, self.lengths, self.prompt, self.group = llm, x, lengths, T, group
+        self.caches = llm.new_caches(B, T + group * (max_new + 1), x.device, x.dtype)
         self.steps = 0  # text tokens fed so far (per row)
-        self.ancestors = torch.zeros(B, group, 0, dtype=torch.long, device=audio.device)  # (G, R, steps)
+        self.ancestors = torch.zeros(B, group, 0, dtype=torch.long, device=x.device)  # (G, R, steps)
         self.prompt_mask = None
         if lengths is not None and bool((lengths < T).any()):
-            self.prompt_mask = torch.arange(T, device=audio.device)[None, :] < lengths[:, None]  # (B, T')
-        self.pos = (lengths if lengths is not None else torch.full((B,), T, device=audio.device)).clone()
+            self.prompt_mask = prompt_key_mask(lengths, T)  # (B, P)
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
-        """Run the audio prompt, in runs of similar length; logits (B, V) at each group's last audio frame."""
-        B, T, _ = self.audio.shape
+        """Run the prompt, in runs of similar length; logits (B, V) at each group's last prompt slot."""
+        B, T, _ = self.x.shape
         runs = [None] if self.prompt_mask is None else length_runs(self.lengths)
         if len(runs) == 1:
-            hidden = self.llm(self.audio, 0, self.caches, key_mask=self.prompt_mask)  # (B, T', d)
-            last = hidden[:, -1] if self.prompt_mask is None else hidden[torch.arange(B), self.lengths - 1]
+            hidden = self.llm(self.x, 0, self.caches, key_mask=self.prompt_mask)  # (B, P, d)
+            last = hidden[torch.arange(B), predicting_positions(self.lengths, T, 0, B)[:, 0]]  # (B, d)
             return self.llm.logits(last[:, None])[:, 0]
-        last = self.audio.new_empty(B, self.audio.shape[-1])  # (B, d)
+        last = self.x.new_empty(B, self.x.shape[-1])  # (B, d)
         for rows in runs:  # each run padded only to its own longest: padding is compute thrown away
             n, lengths = int(self.lengths[rows].max()), self.lengths[rows]
-            caches = self.llm.new_caches(len(rows), n, self.audio.device, self.audio.dtype)
+            caches = self.llm.new_caches(len(rows), n, self.x.device, self.x.dtype)
             mask = self.prompt_mask[rows, :n] if bool((lengths < n).any()) else None
-            hidden = self.llm(self.audio[rows, :n], 0, caches, key_mask=mask)  # (b, n, d)
+            hidden = self.llm(self.x[rows, :n], 0, caches, key_mask=mask)  # (b, n, d)
             for big, small in zip(self.caches, caches):
                 big.k[rows, :, :n], big.v[rows, :, :n] = small.k, small.v
-            last[rows] = hidden[torch.arange(len(rows)), lengths - 1]
+            last[rows] = hidden[torch.arange(len(rows)), predicting_positions(lengths, n, 0)[:, 0]]
         return self.llm.logits(last[:, None])[:, 0]
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (G*R,), rows in group order; logits (G*R, V) for the next."""
-        G, R, T = self.pos.shape[0], self.group, self.prompt
+        R, T = self.group, self.prompt
+        G = tokens.shape[0] // R
         x = self.llm.embed(tokens.view(G, R))  # (G, R, d): a group's rows as R query positions
         start = T + self.steps * R
         mask = positions = None  # one row per group, unpadded: plain causal decoding, RoPE position = slot
@@ -88,10 +90,9 @@ class DecoderState:
                 own = torch.arange(R, device=x.device)
                 self.ancestors = torch.cat([self.ancestors, own.expand(G, R)[..., None]], -1)  # now: own slot
                 mask[:, 0, :, T:] = (self.ancestors[..., None] == own).flatten(2)  # (G, R, (steps+1)*R)
-            positions = self.pos[:, None].expand(G, R)
+            positions = text_positions(self.lengths, T, 1, self.steps, G).expand(G, R)  # (G, R)
         hidden = self.llm(x, start, self.caches, positions=positions, attn_mask=mask)  # (G, R, d)
         self.steps += 1
-        self.pos = self.pos + 1
         return self.llm.logits(hidden).flatten(0, 1)  # (G*R, V)
 
     def select(self, rows: torch.Tensor):
@@ -104,9 +105,10 @@ class DecoderState:
                 new = old.new_empty(len(groups), *old.shape[1:])
                 new[:, :, :used] = old[groups, :, :used]
                 setattr(c, name, new)
-        self.pos = self.pos[groups]
+        if self.lengths is not None:
+            self.lengths = self.lengths[groups]
         if self.prompt_mask is not None:
-            self.prompt_mask, self.lengths = self.prompt_mask[groups], self.lengths[groups]
+            self.prompt_mask = self.prompt_mask[groups]
         self.ancestors = self.ancestors.flatten(0, 1)[rows].view(len(groups), self.group, -1)
 
     def reorder(self, rows: torch.Tensor):

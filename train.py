@@ -120,16 +120,13 @@ class Objective(nn.Module):
         accumulation window (all processes), so each micro-batch's loss is its share of the window's mean.
         returns the loss to backpropagate and a dict of summed statistics
         """
-        m, cfg = self.model, self.cfg
-        enc, audio, enc_lengths = m.encode(mel, mel_lengths if cfg.masks else None)
-        if enc_lengths is None:  # the original: every item as long as the padded batch
-            enc_lengths = torch.full((enc.shape[0],), enc.shape[1], device=enc.device)
-        ctc = ctc_loss(m.ctc_log_probs(enc), enc_lengths, tokens, token_lengths)
+        cfg = self.cfg
+        out = self.model(mel, mel_lengths if cfg.masks else None, tokens if cfg.stage == "e2e" else None)
+        ctc = ctc_loss(out.ctc_log_probs, out.enc_lengths, tokens, token_lengths)
         stats = dict(ctc=ctc.item())
-        if cfg.stage == "ctc":
+        if out.logits is None:  # the ctc stage: the encoder alone
             return ctc / n_items, stats
-        ce = ce_loss(m.llm, audio, enc_lengths if cfg.masks else None, tokens, token_lengths, self.eos_id,
-                     cfg.label_smoothing)
+        ce = ce_loss(out.logits, ce_targets(tokens, token_lengths, self.eos_id), cfg.label_smoothing)
         stats["ce"] = ce.item()
         return (1 - cfg.ctc_weight) * ce / n_tokens + cfg.ctc_weight * ctc / n_items, stats
 
@@ -141,32 +138,18 @@ def ctc_loss(log_probs, lengths, tokens, token_lengths):
     return (loss / token_lengths.clamp(min=1)).sum()
 
 
-def ce_loss(llm, audio, audio_lengths, tokens, token_lengths, eos_id, label_smoothing):
-    """
-    Summed CE of [audio | text] -> text + EOS (SPEC section 4): the output at the last audio frame predicts text[0],
-    the one at text[i] predicts text[i+1], the last one EOS. audio_lengths=None is the original: no mask, every
-    item's text starts after the padded audio. Only the L+1 predicting positions are projected onto the vocabulary.
-    """
-    B, Ta, D = audio.shape
-    L = tokens.shape[1]
-    x = torch.cat([audio, llm.embed(tokens).to(audio.dtype)], dim=1)  # (B, Ta+L, D)
-    ar_t, ar_a = torch.arange(L, device=x.device), torch.arange(Ta, device=x.device)
-    if audio_lengths is None:
-        positions = key_mask = None
-        last_audio = torch.full((B,), Ta - 1, device=x.device)
-    else:  # padded audio frames are hidden; each item's text continues at its own length
-        positions = torch.cat([ar_a.expand(B, Ta), audio_lengths[:, None] + ar_t], dim=1)  # (B, Ta+L)
-        key_mask = torch.cat([ar_a[None] < audio_lengths[:, None], torch.ones(B, L, dtype=torch.bool,
-                                                                              device=x.device)], dim=1)
-        last_audio = audio_lengths - 1
-    h = llm(x, positions=positions, key_mask=key_mask)  # (B, Ta+L, D)
-    where = torch.cat([last_audio[:, None], Ta + ar_t.expand(B, L)], dim=1)  # (B, L+1) predicting positions
-    h = h.gather(1, where[..., None].expand(B, L + 1, D))
+def ce_targets(tokens, token_lengths, eos_id):
+    """What the L+1 predicting positions of ASRModel.forward must say (SPEC section 4): text, then EOS, then
+    nothing (-100): tokens [[5, 6], [7, 0]], lengths [2, 1] -> [[5, 6, EOS], [7, EOS, -100]]."""
+    B, L = tokens.shape
     targets = torch.cat([tokens, torch.zeros(B, 1, dtype=tokens.dtype, device=tokens.device)], dim=1)
-    j = torch.arange(L + 1, device=x.device)[None]
+    j = torch.arange(L + 1, device=tokens.device)[None]
     targets = torch.where(j < token_lengths[:, None], targets, -100)
-    targets = torch.where(j == token_lengths[:, None], eos_id, targets)  # (B, L+1)
-    logits = llm.logits(h)  # (B, L+1, V) float32
+    return torch.where(j == token_lengths[:, None], eos_id, targets)  # (B, L+1)
+
+
+def ce_loss(logits, targets, label_smoothing):
+    """Summed CE of logits (B, L+1, V) against targets (B, L+1), -100 ignored."""
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum",
                            label_smoothing=label_smoothing)
 

@@ -15,6 +15,7 @@ import torch
 import decode
 from ctc import CTCPrefixScorer
 from mel import SAMPLE_RATE, batch_log_mel, log_mel_spectrogram
+from model import decoder_prompt
 from search import DecoderState, NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
 from tokenizer import normalize
 
@@ -43,9 +44,9 @@ def audio_embeds(tiny, seconds=(2.0, 1.2, 3.1)):
 
 def naive_reference(llm, audio, max_tokens, penalty=1.15, n=3):
     """SPEC §9 without a cache: the whole sequence recomputed at every step, the rules written out plainly."""
-    tokens = []
+    tokens, prompt = [], decoder_prompt(llm, audio, None)[0]  # the prompt as model.py defines it
     while len(tokens) < max_tokens:
-        x = audio if not tokens else torch.cat([audio, llm.embed(torch.tensor([tokens]))], dim=1)
+        x = prompt if not tokens else torch.cat([prompt, llm.embed(torch.tensor([tokens]))], dim=1)
         logits = llm.logits(llm(x))[0, -1].clone()
         for t in set(tokens):
             logits[t] = logits[t] * penalty if logits[t] < 0 else logits[t] / penalty
@@ -149,7 +150,8 @@ def test_grouped_rows_see_their_own_audio_and_text_only(tiny):
         for row, t in enumerate(tokens.tolist()):
             seqs[row].append(t)
             u, n = utt[row], int(enc_len[utt[row]])
-            x = torch.cat([audio[u:u + 1, :n], tiny.llm.embed(torch.tensor([seqs[row]]))], dim=1)
+            prompt = decoder_prompt(tiny.llm, audio[u:u + 1, :n], None)[0]
+            x = torch.cat([prompt, tiny.llm.embed(torch.tensor([seqs[row]]))], dim=1)
             want = tiny.llm.logits(tiny.llm(x))[0, -1]
             torch.testing.assert_close(logits[row], want, atol=1e-4, rtol=1e-4)
 
