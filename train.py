@@ -260,6 +260,8 @@ def batches_forever(loader, sampler, dataset, pos):
     while True:
         sampler.epoch = dataset.epoch = pos["epoch"]
         sampler.start = pos["batch"]
+        if pos["batch"] == 0 and len(sampler) == 0:  # check_plan stops this earlier; never spin on nothing
+            raise ValueError("an epoch without a single batch")
         for batch in loader:
             pos["batch"] += 1
             yield batch
@@ -364,6 +366,29 @@ def prune_checkpoints(out, keep):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# checks before the first step: bad input stops here with one line naming the file, not mid-run
+
+def skipped_note(dataset):
+    """' (all 5 rows skipped: 4 longer than 15 s, 1 empty text)' or ' (no rows)'."""
+    if not dataset.n_rows:
+        return " (no rows)"
+    reasons = ", ".join(f"{n} {why}" for why, n in dataset.why_skipped.most_common())
+    return f" (all {dataset.n_rows} rows skipped: {reasons})" if reasons else ""
+
+
+def check_plan(cfg: TrainConfig, dataset, n_batches, world, max_steps):
+    """ValueError unless the run will take at least one optimiser step (an empty epoch would spin forever)."""
+    if not len(dataset):
+        raise ValueError(f"{cfg.train}: nothing to train on" + skipped_note(dataset))
+    if n_batches // cfg.grad_accum == 0:
+        raise ValueError(f"{cfg.train}: {len(dataset)} utterances make {n_batches} batch(es) of --batch-size "
+                         f"{cfg.batch_size} per process ({world} processes), fewer than --grad-accum "
+                         f"{cfg.grad_accum}: not one optimiser step")
+    if max_steps <= 0:
+        raise ValueError(f"--epochs {cfg.epochs} and --max-steps {cfg.max_steps}: not one optimiser step")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # validation
 
 @torch.no_grad()
@@ -432,9 +457,12 @@ def train(cfg: TrainConfig):
     audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb, **audio)
     valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
+    if valid_set is not None and not len(valid_set):
+        raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
     loader, sampler = make_loader(train_set, cfg, rank, world)
     steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    check_plan(cfg, train_set, len(sampler.batches()), world, max_steps)
     model = build_model(cfg, tokenizer).to(device)
     model.train()
     objective = Objective(model, cfg, tokenizer.eos_id)

@@ -124,3 +124,80 @@ def test_release_loader_refuses_a_model_pt_that_would_run_code(tiny, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     one_line_error(proc, "model.pt")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nothing to train on
+
+def main_error(capsys, cfg, *says):
+    """train.main on `cfg` in this process: exit 2 and one line on stderr naming each of `says`."""
+    with pytest.raises(SystemExit) as e:
+        T.main(cli(cfg))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, (e.value.code, err)
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for s in says:
+        assert str(s) in err, (s, err)
+    return err
+
+
+def test_an_empty_manifest_stops_at_once_even_with_max_steps(tiny, data, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    # before: --max-steps made the loop wait for a batch that never came, at 100 % CPU; the timeout catches a hang
+    proc = run_train(cli(config(tiny, data, tmp_path / "out", train=str(empty), max_steps=5)))
+    one_line_error(proc, empty, "no rows")
+
+
+def test_a_manifest_empty_after_filtering_names_why(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_seconds=0.5, max_steps=5)  # every utterance is >= 0.6 s
+    main_error(capsys, cfg, data / "train.jsonl", "all 4 rows skipped", "4 longer than 0.5 s")
+    rows = [dict(audio_filepath="u0.wav", text=" !!! ", duration=0.6)] * 2  # nothing left once normalised
+    manifest = write_manifest(tmp_path / "blank.jsonl", rows)
+    main_error(capsys, replace(cfg, train=str(manifest), max_seconds=15.0), manifest, "2 empty text")
+    main_error(capsys, replace(cfg, valid=str(manifest), max_seconds=15.0), manifest, "nothing to validate")
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(batch_size=1, grad_accum=5), "4 utterances make 4 batch(es) of --batch-size 1"),  # 4 batches < 5 a step
+    (dict(max_steps=0, epochs=0), "not one optimiser step"),
+])
+def test_a_run_of_zero_optimiser_steps_is_an_error(tiny, data, tmp_path, capsys, kw, says):
+    main_error(capsys, config(tiny, data, tmp_path / "out", **kw), says)
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mistyped manifests
+
+GOOD = '{"audio_filepath": "u0.wav", "text": "сәлем", "duration": 0.6}\n'
+
+
+@pytest.mark.parametrize("line, says", [
+    (b'{"audio_filepath": "u0.wav", "text": 5, "duration": 0.6}', "text is int, not a string"),
+    (b'{"audio_filepath": "u0.wav", "duration": 0.6}', "no text"),
+    (b'{"text": "bar", "duration": 0.6}', "no audio_filepath"),
+    (b'{"audio_filepath": ["u0.wav"], "text": "bar"}', "audio_filepath is list, not a string"),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": "0.6"}', 'duration "0.6" is not a number'),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": NaN}', "duration NaN is not a number"),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": -1}', "duration -1 is not a number"),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": true}', "duration true is not a number"),
+    (b'{"audio_filepath": "u0.wav", "text": ', "not JSON"),
+    (b'["u0.wav", "bar"]', "not a JSON object"),
+    ('{"audio_filepath": "u0.wav", "text": "сәлем"}'.encode("utf-16"), "not UTF-8"),
+    (b'{"audio_filepath": "u0.wav", "text": "\xd2\x9b\xd2"}', "not UTF-8 (byte 0xd2 at column 41)"),
+])
+def test_a_mistyped_manifest_line_is_named_by_file_and_line(tmp_path, line, says):
+    from dataset import read_manifest
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(GOOD.encode() + b"\n" + GOOD.encode() + line + b"\n" + GOOD.encode())
+    with pytest.raises(ValueError) as e:
+        read_manifest(manifest)
+    msg = str(e.value)
+    assert msg.startswith(f"{manifest}:4: ") and says in msg and "\n" not in msg, msg
+
+
+def test_a_mistyped_manifest_stops_train_py_with_exit_2(tiny, data, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(GOOD.replace("u0.wav", str(data / "u0.wav")) + '{"audio_filepath": 1, "text": "x"}\n')
+    main_error(capsys, config(tiny, data, tmp_path / "out", train=str(manifest)), f"{manifest}:2:", "audio_filepath")
