@@ -121,7 +121,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.epoch = 0
         self.max_seconds = max_seconds
         self.n_rows = len(rows)
-        self.rows, self.why_skipped = [], Counter()
+        self.rows, self.why_skipped, self.unreadable = [], Counter(), 0
         for row in rows:  # cheap filters first: no audio is read here
             text = normalize(row.get("text") or "", drop_tags=drop_tags)
             if not text:
@@ -152,7 +152,7 @@ class SpeechDataset(torch.utils.data.Dataset):
                     continue
                 row = {**row, "duration": seconds}
             good.append(row)
-        self.rows = good
+        self.rows, self.unreadable = good, len(bad)
         return bad
 
     def __len__(self):
@@ -219,7 +219,7 @@ class ParquetMelDataset(SpeechDataset):
         for row in self.rows:
             problem = mel_problem(row["mel"])
             (bad.append((row, problem)) if problem else good.append(row))
-        self.rows = good
+        self.rows, self.unreadable = good, len(bad)
         return bad
 
 

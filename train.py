@@ -89,6 +89,8 @@ class TrainConfig:
     num_workers: int = arg(2, "DataLoader worker processes (features are computed there)")
     seed: int = arg(42, "seed for initialisation, data order and augmentation")
     max_bad_steps: int = arg(20, "stop after this many non-finite steps in a row")
+    max_bad_fraction: float = arg(0.01, "stop before training when more than this fraction of a data set's rows "
+                                        "has unreadable audio (all of them are listed in --out/bad_rows.tsv)")
     resume: bool = arg(False, "continue from the newest checkpoint in --out")
     stop_at: int = arg(0, "end this run after step N with a checkpoint (the schedule still follows --max-steps); "
                           "continue with --resume")
@@ -376,6 +378,52 @@ def skipped_note(dataset):
     return f" (all {dataset.n_rows} rows skipped: {reasons})" if reasons else ""
 
 
+SHOW_BAD_ROWS = 5  # unreadable rows named in the log; bad_rows.tsv has them all
+
+
+def drop_unreadable(sets, cfg: TrainConfig, out: Path, master):
+    """
+    Check every row's audio header up front (soundfile.info: quick) instead of finding bad files mid-run.
+    sets: [(path, dataset)]. Unreadable rows are dropped, the first few named in the log, all of them written to
+    out/bad_rows.tsv; ValueError when more than --max-bad-fraction of a set is unreadable, and always when all is.
+    """
+    table, errors = [], []
+    for path, ds in sets:
+        n = len(ds)
+        bad = ds.drop_unreadable()
+        for row, problem in bad:
+            table.append((row.get("_source", path), row.get("_line", ""), row.get("audio_filepath", ""), problem))
+        if master:
+            for source, line, audio, problem in table[len(table) - len(bad):][:SHOW_BAD_ROWS]:
+                print(f"warning: {source}:{line}: {audio}: {problem}, skipped")
+            if len(bad) > SHOW_BAD_ROWS:
+                print(f"warning: {path}: {len(bad) - SHOW_BAD_ROWS} more unreadable rows, see {out / 'bad_rows.tsv'}")
+        if bad and (len(bad) == n or len(bad) > cfg.max_bad_fraction * n):
+            errors.append(f"{path}: {len(bad)} of {n} rows have unreadable audio "
+                          + ("(all of them)" if len(bad) == n else
+                             f"({100 * len(bad) / n:.1f} % > --max-bad-fraction {cfg.max_bad_fraction:g})")
+                          + f", listed in {out / 'bad_rows.tsv'}")
+    if master:
+        tsv = out / "bad_rows.tsv"
+        if table:
+            write_text(tsv, "".join("\t".join(map(str, r)) + "\n" for r in [("source", "line", "audio", "problem")]
+                                    + table))
+        elif tsv.exists():
+            tsv.unlink()  # an earlier run's list would be taken for this one's
+    if errors:
+        raise ValueError(errors[0])
+
+
+def write_text(path: Path, text: str):
+    """Write a text file through a temporary file and a rename: never half written."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def check_plan(cfg: TrainConfig, dataset, n_batches, world, max_steps):
     """ValueError unless the run will take at least one optimiser step (an empty epoch would spin forever)."""
     if not len(dataset):
@@ -457,6 +505,10 @@ def train(cfg: TrainConfig):
     audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb, **audio)
     valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
+    out = Path(cfg.out)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+    drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out, master)
     if valid_set is not None and not len(valid_set):
         raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
     loader, sampler = make_loader(train_set, cfg, rank, world)
@@ -472,14 +524,13 @@ def train(cfg: TrainConfig):
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     step, pos, best = 0, dict(epoch=0, batch=0), float("inf")
-    out = Path(cfg.out)
     if cfg.resume and latest_checkpoint(out):
         state = load_trainer_state(latest_checkpoint(out), model, optimizer)
         step, pos, best = state["step"], state["pos"], state.get("best", best)
     if master:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
-              f"({train_set.skipped} skipped), {steps_per_epoch} steps/epoch, {max_steps} steps, device {device}")
+              f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
+              f"{max_steps} steps, device {device}")
     log = open(out / "log.jsonl", "a") if master else None
     data = batches_forever(loader, sampler, train_set, pos)
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)

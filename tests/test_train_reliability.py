@@ -201,3 +201,63 @@ def test_a_mistyped_manifest_stops_train_py_with_exit_2(tiny, data, tmp_path, ca
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(GOOD.replace("u0.wav", str(data / "u0.wav")) + '{"audio_filepath": 1, "text": "x"}\n')
     main_error(capsys, config(tiny, data, tmp_path / "out", train=str(manifest)), f"{manifest}:2:", "audio_filepath")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# unreadable audio
+
+def manifest_with_bad_rows(data, tmp_path, n_bad):
+    """The four good rows, then n_bad rows whose audio is missing, garbage or cut short, in turn."""
+    (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wav")
+    good = (data / "u0.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(good[: len(good) // 2])
+    rows = [dict(audio_filepath=str(data / f"u{i}.wav"), text=t, duration=0.6 + 0.3 * i) for i, t in enumerate(TEXTS)]
+    kinds = ["missing.wav", "junk.wav", "cut.wav"]
+    rows += [dict(audio_filepath=str(tmp_path / kinds[i % 3]), text="бұзық", duration=0.6) for i in range(n_bad)]
+    return write_manifest(tmp_path / "bad.jsonl", rows)
+
+
+def bad_rows(out):
+    lines = (out / "bad_rows.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "source\tline\taudio\tproblem"
+    return [line.split("\t") for line in lines[1:]]
+
+
+def test_unreadable_rows_are_named_and_listed_and_training_goes_on_below_the_limit(tiny, data, tmp_path, capsys):
+    manifest = manifest_with_bad_rows(data, tmp_path, 7)  # 7 of 11 rows
+    T.train(config(tiny, data, tmp_path / "out", train=str(manifest), max_bad_fraction=0.7, max_steps=1))
+    log = capsys.readouterr().out
+    named = [line for line in log.splitlines() if line.startswith(f"warning: {manifest}:") and "skipped" in line]
+    assert len(named) == T.SHOW_BAD_ROWS and f"{manifest}:5: {tmp_path / 'missing.wav'}: no such file" in named[0]
+    assert "not readable as audio" in named[1] and "truncated" in named[2]
+    assert "2 more unreadable rows" in log and "4 utterances (0 skipped, 7 unreadable)" in log
+    listed = bad_rows(tmp_path / "out")
+    assert [r[1] for r in listed] == [str(n) for n in range(5, 12)] and all(r[0] == str(manifest) for r in listed)
+    assert (tmp_path / "out" / "checkpoint-1").is_dir()
+    T.train(config(tiny, data, tmp_path / "out", max_steps=1))  # a clean manifest: no stale list left behind
+    assert not (tmp_path / "out" / "bad_rows.tsv").exists()
+
+
+def test_more_unreadable_rows_than_the_limit_stop_before_training(tiny, data, tmp_path, capsys):
+    manifest = manifest_with_bad_rows(data, tmp_path, 1)  # 1 of 5: 20 % > the default 1 %
+    main_error(capsys, config(tiny, data, tmp_path / "out", train=str(manifest)),
+               manifest, "1 of 5 rows have unreadable audio (20.0 % > --max-bad-fraction 0.01)", "bad_rows.tsv")
+    assert len(bad_rows(tmp_path / "out")) == 1
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_manifest_of_only_unreadable_rows_always_stops(tiny, data, tmp_path):
+    manifest = manifest_with_bad_rows(data, tmp_path, 3)
+    only_bad = write_manifest(tmp_path / "only_bad.jsonl", [json.loads(l) for l in manifest.open()][4:])
+    # before: loss=0.000 for every step and exit 0; even a limit of 100 % does not let it train
+    proc = run_train(cli(config(tiny, data, tmp_path / "out", train=str(only_bad), max_bad_fraction=1.0)))
+    one_line_error(proc, only_bad, "3 of 3 rows have unreadable audio (all of them)")
+    assert len(bad_rows(tmp_path / "out")) == 3
+
+
+def test_a_row_without_duration_gets_the_files_and_the_length_filter(tiny, data, tmp_path):
+    from dataset import open_dataset
+    rows = [dict(audio_filepath=str(data / f"u{i}.wav"), text=t) for i, t in enumerate(TEXTS)]
+    ds = open_dataset(write_manifest(tmp_path / "m.jsonl", rows), tiny.tok, max_seconds=1.0)
+    assert ds.drop_unreadable() == []
+    assert ds.durations() == [0.6, 0.9] and ds.why_skipped == {"longer than 1 s": 2}
