@@ -28,6 +28,10 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+try:
+    import fcntl  # the output folder's lock; absent on Windows, where the pid alone decides
+except ImportError:
+    fcntl = None
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -378,6 +382,59 @@ def skipped_note(dataset):
     return f" (all {dataset.n_rows} rows skipped: {reasons})" if reasons else ""
 
 
+HELD_LOCKS = {}  # output folder -> this process's open train.lock
+
+
+def lock_out(out: Path):
+    """
+    Take out/train.lock, so a second run on the same folder is refused instead of mixing checkpoints. The lock is
+    an flock, which the kernel drops when its process dies: a killed run never leaves the folder stuck. The file
+    holds the pid, for the message (and decides alone where the file system has no flock).
+    """
+    release_out(out)  # an earlier train() of this process that ended in an error
+    path = out / "train.lock"
+    f = open(path, "a+")
+    f.seek(0)
+    holder = f.read().strip()
+    try:
+        if fcntl is None:
+            raise OSError("no fcntl")
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"{path}: another run (pid {holder or '?'}) is training in this folder") from None
+    except OSError:
+        if holder.isdigit() and int(holder) != os.getpid() and pid_alive(int(holder)):
+            f.close()
+            raise ValueError(f"{path}: another run (pid {holder}) is training in this folder") from None
+    if holder and holder != str(os.getpid()):
+        print(f"warning: {path}: the run that held it (pid {holder}) is gone; taking it over")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    HELD_LOCKS[out.resolve()] = f
+
+
+def release_out(out: Path):
+    """Give train.lock back (emptied: the next run sees a clean end, not a dead pid)."""
+    f = HELD_LOCKS.pop(Path(out).resolve(), None)
+    if f is not None:
+        f.seek(0)
+        f.truncate()
+        f.close()  # closing drops the flock
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 SHOW_BAD_ROWS = 5  # unreadable rows named in the log; bad_rows.tsv has them all
 
 
@@ -508,6 +565,7 @@ def train(cfg: TrainConfig):
     out = Path(cfg.out)
     if master:
         out.mkdir(parents=True, exist_ok=True)
+        lock_out(out)
     drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out, master)
     if valid_set is not None and not len(valid_set):
         raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
@@ -594,6 +652,7 @@ def train(cfg: TrainConfig):
             dist.barrier()
     bar.close()
     if master:
+        release_out(out)
         print(f"done: {step} steps, {n_bad_rows} bad rows skipped, checkpoints in {out}")
     if ddp:
         dist.destroy_process_group()
@@ -628,6 +687,7 @@ def main(argv=None):
     try:
         train(cfg)
     except ValueError as e:  # bad input: one line naming the file, no traceback, exit 2 (as argparse's errors)
+        release_out(Path(cfg.out))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -261,3 +261,33 @@ def test_a_row_without_duration_gets_the_files_and_the_length_filter(tiny, data,
     ds = open_dataset(write_manifest(tmp_path / "m.jsonl", rows), tiny.tok, max_seconds=1.0)
     assert ds.drop_unreadable() == []
     assert ds.durations() == [0.6, 0.9] and ds.why_skipped == {"longer than 1 s": 2}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one run per output folder
+
+def test_a_second_run_on_the_same_out_is_refused(tiny, data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    T.lock_out(out)  # this process is "the first run"
+    try:
+        assert (out / "train.lock").read_text().strip() == str(T.os.getpid())
+        proc = run_train(cli(config(tiny, data, out)))
+        one_line_error(proc, out / "train.lock", f"pid {T.os.getpid()}")
+        assert not list(out.glob("checkpoint-*"))
+    finally:
+        T.release_out(out)
+
+
+def test_the_lock_of_a_dead_run_is_taken_over(tiny, data, tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.lock").write_text(f"{dead.pid}\n")  # what a killed run leaves behind
+    T.train(config(tiny, data, out, max_steps=1))
+    assert f"pid {dead.pid}) is gone; taking it over" in capsys.readouterr().out
+    assert (out / "checkpoint-1").is_dir()
+    assert (out / "train.lock").read_text() == ""  # released at the end
+    T.train(config(tiny, data, out, max_steps=2, resume=True))  # and the next run takes it without a word
+    assert "taking it over" not in capsys.readouterr().out and (out / "checkpoint-2").is_dir()
