@@ -12,35 +12,86 @@ A bad row (missing or unreadable audio, empty text, too long) becomes None and i
 """
 import io
 import json
+import math
+import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
-from mel import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, resample
+from mel import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, resample, wav_shortfall
 from tokenizer import normalize
 
 MAX_TEXT_TOKENS = 255  # targets are cut to 255 ids (+ EOS) as in the original
 
 
 def read_manifest(path):
-    """JSONL -> list of dicts with an absolute `audio_filepath`; a malformed line is an error naming it."""
+    """
+    JSONL -> list of dicts with an absolute `audio_filepath` and the line number in `_line`.
+    A line that is not UTF-8, not a JSON object, or has a field of the wrong type is an error naming `file:line`:
+    audio_filepath and text must be strings, duration (optional) a number >= 0.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: manifest not found")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            audio = Path(row["audio_filepath"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{n}: not a manifest line (JSON with audio_filepath, text)") from None
-        row["audio_filepath"] = str(audio if audio.is_absolute() else path.parent / audio)
-        rows.append(row)
+    with open(path, "rb") as f:  # line by line: a bad byte is reported at its line, not as a file-wide decode error
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+            if line.strip():
+                rows.append(manifest_row(line, path, n))
     return rows
+
+
+def manifest_row(line, path, n):
+    """One manifest line -> a row dict; ValueError naming `path:n` and the problem."""
+    where = f"{path}:{n}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: not a JSON object with audio_filepath, text, duration")
+    for key in ("audio_filepath", "text"):
+        if key not in row:
+            raise ValueError(f"{where}: no {key}")
+        if not isinstance(row[key], str):
+            raise ValueError(f"{where}: {key} is {type(row[key]).__name__}, not a string")
+    if not row["audio_filepath"].strip():
+        raise ValueError(f"{where}: audio_filepath is empty")
+    d = row.get("duration")
+    # bool is an int in python, and json's NaN/Infinity are accepted by json.loads: neither is a duration
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0):
+        raise ValueError(f"{where}: duration {json.dumps(d)} is not a number of seconds >= 0")
+    audio = Path(row["audio_filepath"])
+    row["audio_filepath"] = str(audio if audio.is_absolute() else path.parent / audio)
+    row["_line"] = n
+    return row
+
+
+def audio_problem(path):
+    """Why the audio file at `path` cannot be trained on (None if it looks fine), and its duration in seconds.
+    Reads the header only (soundfile.info), so checking a whole manifest is quick."""
+    if not os.path.exists(path):
+        return "no such file", None
+    if os.path.isdir(path):
+        return "is a directory", None
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError) as e:  # sf.LibsndfileError is a RuntimeError
+        return "not readable as audio (" + " ".join(str(getattr(e, "error_string", e)).split()) + ")", None
+    cut = wav_shortfall(info.extra_info)
+    if cut:
+        return f"truncated (header promises {cut[1]} bytes, file has {cut[0]})", None
+    if info.frames <= 0 or info.samplerate <= 0:
+        return "contains no samples", None
+    return None, info.frames / info.samplerate
 
 
 def spec_augment(mel, g: torch.Generator, n_freq=2, freq_width=27, n_time=2, time_width=100):
@@ -68,14 +119,41 @@ class SpeechDataset(torch.utils.data.Dataset):
         self.tokenizer, self.augment, self.speed_perturb, self.seed = tokenizer, augment, speed_perturb, seed
         self.max_frames = int(max_seconds * SAMPLE_RATE) // 160  # 15 s -> 1500 frames, as the original cut
         self.epoch = 0
-        self.rows, self.skipped = [], 0
+        self.max_seconds = max_seconds
+        self.n_rows = len(rows)
+        self.rows, self.why_skipped, self.unreadable = [], Counter(), 0
         for row in rows:  # cheap filters first: no audio is read here
             text = normalize(row.get("text") or "", drop_tags=drop_tags)
-            too_long = row.get("duration") is not None and float(row["duration"]) > max_seconds
-            if not text or too_long:
-                self.skipped += 1
+            if not text:
+                self.why_skipped["empty text"] += 1
+            elif row.get("duration") is not None and float(row["duration"]) > max_seconds:
+                self.why_skipped[f"longer than {max_seconds:g} s"] += 1
+            else:
+                self.rows.append({**row, "text": text})
+
+    @property
+    def skipped(self):
+        return sum(self.why_skipped.values())
+
+    def drop_unreadable(self):
+        """
+        Check every row's audio header; drop the unreadable rows and return them as (row, problem) pairs.
+        A row without a duration gets the file's, and is then skipped if longer than max_seconds.
+        """
+        good, bad = [], []
+        for row in self.rows:
+            problem, seconds = audio_problem(row["audio_filepath"])
+            if problem:
+                bad.append((row, problem))
                 continue
-            self.rows.append({**row, "text": text})
+            if row.get("duration") is None:
+                if seconds > self.max_seconds:
+                    self.why_skipped[f"longer than {self.max_seconds:g} s"] += 1
+                    continue
+                row = {**row, "duration": seconds}
+            good.append(row)
+        self.rows, self.unreadable = good, len(bad)
+        return bad
 
     def __len__(self):
         return len(self.rows)
@@ -120,13 +198,47 @@ class ParquetMelDataset(SpeechDataset):
             raise ValueError("reading parquet mel datasets needs pyarrow: pip install pyarrow") from None
         rows = []
         for f in files:
-            table = pq.read_table(f, columns=["mel", "text", "duration"])
-            rows += [dict(mel=m, text=t, duration=d) for m, t, d in
-                     zip(table["mel"].to_pylist(), table["text"].to_pylist(), table["duration"].to_pylist())]
+            try:
+                table = pq.read_table(f, columns=["mel", "text", "duration"])
+            except Exception as e:  # pyarrow's errors: missing columns, not parquet, damaged
+                raise ValueError(f"{f}: not a parquet mel file ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+            if not str(table.schema.field("text").type).endswith("string"):
+                raise ValueError(f"{f}: column text is {table.schema.field('text').type}, not strings")
+            rows += [dict(mel=m, text=t, duration=d, _source=str(f), _line=n) for n, (m, t, d) in
+                     enumerate(zip(table["mel"].to_pylist(), table["text"].to_pylist(),
+                                   table["duration"].to_pylist()), 1)]
         super().__init__(rows, tokenizer, max_seconds, augment, False, seed)  # mels: no speed perturbation
 
     def load_mel(self, row, g):
         return torch.from_numpy(np.load(io.BytesIO(row["mel"])).astype(np.float32))  # no speed perturbation
+
+    def drop_unreadable(self):
+        """As SpeechDataset's, on the np.save header of each row's mel (the array itself is not read)."""
+        good, bad = [], []
+        for row in self.rows:
+            problem = mel_problem(row["mel"])
+            (bad.append((row, problem)) if problem else good.append(row))
+        self.rows, self.unreadable = good, len(bad)
+        return bad
+
+
+def mel_problem(blob):
+    """Why np.save bytes are not a (n_mels, T) float array (None if they are), from the header alone."""
+    if not isinstance(blob, bytes):
+        return "mel is not bytes"
+    try:
+        f = io.BytesIO(blob)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    except Exception:
+        return "mel is not np.save bytes"
+    if len(shape) != 2 or shape[1] < 1 or dtype.kind != "f":
+        return f"mel is {dtype} {shape}, not a float (n_mels, T) array"
+    if len(blob) < f.tell() + shape[0] * shape[1] * dtype.itemsize:
+        return "mel is truncated"
+    return None
 
 
 def open_dataset(path, tokenizer, **kw):

@@ -28,6 +28,10 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+try:
+    import fcntl  # the output folder's lock; absent on Windows, where the pid alone decides
+except ImportError:
+    fcntl = None
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -90,6 +94,8 @@ class TrainConfig:
     num_workers: int = arg(2, "DataLoader worker processes (features are computed there)")
     seed: int = arg(42, "seed for initialisation, data order and augmentation")
     max_bad_steps: int = arg(20, "stop after this many non-finite steps in a row")
+    max_bad_fraction: float = arg(0.01, "stop before training when more than this fraction of a data set's rows "
+                                        "has unreadable audio (all of them are listed in --out/bad_rows.tsv)")
     resume: bool = arg(False, "continue from the newest checkpoint in --out")
     stop_at: int = arg(0, "end this run after step N with a checkpoint (the schedule still follows --max-steps); "
                           "continue with --resume")
@@ -244,6 +250,8 @@ def batches_forever(loader, sampler, dataset, pos):
     while True:
         sampler.epoch = dataset.epoch = pos["epoch"]
         sampler.start = pos["batch"]
+        if pos["batch"] == 0 and len(sampler) == 0:  # check_plan stops this earlier; never spin on nothing
+            raise ValueError("an epoch without a single batch")
         for batch in loader:
             pos["batch"] += 1
             yield batch
@@ -348,6 +356,128 @@ def prune_checkpoints(out, keep):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# checks before the first step: bad input stops here with one line naming the file, not mid-run
+
+def skipped_note(dataset):
+    """' (all 5 rows skipped: 4 longer than 15 s, 1 empty text)' or ' (no rows)'."""
+    if not dataset.n_rows:
+        return " (no rows)"
+    reasons = ", ".join(f"{n} {why}" for why, n in dataset.why_skipped.most_common())
+    return f" (all {dataset.n_rows} rows skipped: {reasons})" if reasons else ""
+
+
+HELD_LOCKS = {}  # output folder -> this process's open train.lock
+
+
+def lock_out(out: Path):
+    """
+    Take out/train.lock, so a second run on the same folder is refused instead of mixing checkpoints. The lock is
+    an flock, which the kernel drops when its process dies: a killed run never leaves the folder stuck. The file
+    holds the pid, for the message (and decides alone where the file system has no flock).
+    """
+    release_out(out)  # an earlier train() of this process that ended in an error
+    path = out / "train.lock"
+    f = open(path, "a+")
+    f.seek(0)
+    holder = f.read().strip()
+    try:
+        if fcntl is None:
+            raise OSError("no fcntl")
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"{path}: another run (pid {holder or '?'}) is training in this folder") from None
+    except OSError:
+        if holder.isdigit() and int(holder) != os.getpid() and pid_alive(int(holder)):
+            f.close()
+            raise ValueError(f"{path}: another run (pid {holder}) is training in this folder") from None
+    if holder and holder != str(os.getpid()):
+        print(f"warning: {path}: the run that held it (pid {holder}) is gone; taking it over")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    HELD_LOCKS[out.resolve()] = f
+
+
+def release_out(out: Path):
+    """Give train.lock back (emptied: the next run sees a clean end, not a dead pid)."""
+    f = HELD_LOCKS.pop(Path(out).resolve(), None)
+    if f is not None:
+        f.seek(0)
+        f.truncate()
+        f.close()  # closing drops the flock
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+SHOW_BAD_ROWS = 5  # unreadable rows named in the log; bad_rows.tsv has them all
+
+
+def drop_unreadable(sets, cfg: TrainConfig, out: Path, master):
+    """
+    Check every row's audio header up front (soundfile.info: quick) instead of finding bad files mid-run.
+    sets: [(path, dataset)]. Unreadable rows are dropped, the first few named in the log, all of them written to
+    out/bad_rows.tsv; ValueError when more than --max-bad-fraction of a set is unreadable, and always when all is.
+    """
+    table, errors = [], []
+    for path, ds in sets:
+        n = len(ds)
+        bad = ds.drop_unreadable()
+        for row, problem in bad:
+            table.append((row.get("_source", path), row.get("_line", ""), row.get("audio_filepath", ""), problem))
+        if master:
+            for source, line, audio, problem in table[len(table) - len(bad):][:SHOW_BAD_ROWS]:
+                print(f"warning: {source}:{line}: {audio}: {problem}, skipped")
+            if len(bad) > SHOW_BAD_ROWS:
+                print(f"warning: {path}: {len(bad) - SHOW_BAD_ROWS} more unreadable rows, see {out / 'bad_rows.tsv'}")
+        if bad and (len(bad) == n or len(bad) > cfg.max_bad_fraction * n):
+            errors.append(f"{path}: {len(bad)} of {n} rows have unreadable audio "
+                          + ("(all of them)" if len(bad) == n else
+                             f"({100 * len(bad) / n:.1f} % > --max-bad-fraction {cfg.max_bad_fraction:g})")
+                          + f", listed in {out / 'bad_rows.tsv'}")
+    if master:
+        tsv = out / "bad_rows.tsv"
+        if table:
+            write_text(tsv, "".join("\t".join(map(str, r)) + "\n" for r in [("source", "line", "audio", "problem")]
+                                    + table))
+        elif tsv.exists():
+            tsv.unlink()  # an earlier run's list would be taken for this one's
+    if errors:
+        raise ValueError(errors[0])
+
+
+def write_text(path: Path, text: str):
+    """Write a text file through a temporary file and a rename: never half written."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_plan(cfg: TrainConfig, dataset, n_batches, world, max_steps):
+    """ValueError unless the run will take at least one optimiser step (an empty epoch would spin forever)."""
+    if not len(dataset):
+        raise ValueError(f"{cfg.train}: nothing to train on" + skipped_note(dataset))
+    if n_batches // cfg.grad_accum == 0:
+        raise ValueError(f"{cfg.train}: {len(dataset)} utterances make {n_batches} batch(es) of --batch-size "
+                         f"{cfg.batch_size} per process ({world} processes), fewer than --grad-accum "
+                         f"{cfg.grad_accum}: not one optimiser step")
+    if max_steps <= 0:
+        raise ValueError(f"--epochs {cfg.epochs} and --max-steps {cfg.max_steps}: not one optimiser step")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # validation
 
 @torch.no_grad()
@@ -422,9 +552,17 @@ def train(cfg: TrainConfig):
     audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb, **audio)
     valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
+    out = Path(cfg.out)
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        lock_out(out)
+    drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out, master)
+    if valid_set is not None and not len(valid_set):
+        raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
     loader, sampler = make_loader(train_set, cfg, rank, world)
     steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    check_plan(cfg, train_set, len(sampler.batches()), world, max_steps)
     model = build_model(cfg, tokenizer).to(device)
     model.train()
     objective = Objective(model, cfg, tokenizer.eos_id)
@@ -434,14 +572,13 @@ def train(cfg: TrainConfig):
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     step, pos, best = 0, dict(epoch=0, batch=0), float("inf")
-    out = Path(cfg.out)
     if cfg.resume and latest_checkpoint(out):
         state = load_trainer_state(latest_checkpoint(out), model, optimizer)
         step, pos, best = state["step"], state["pos"], state.get("best", best)
     if master:
-        out.mkdir(parents=True, exist_ok=True)
         print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
-              f"({train_set.skipped} skipped), {steps_per_epoch} steps/epoch, {max_steps} steps, device {device}")
+              f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
+              f"{max_steps} steps, device {device}")
     log = open(out / "log.jsonl", "a") if master else None
     data = batches_forever(loader, sampler, train_set, pos)
     bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
@@ -505,6 +642,7 @@ def train(cfg: TrainConfig):
             dist.barrier()
     bar.close()
     if master:
+        release_out(out)
         print(f"done: {step} steps, {n_bad_rows} bad rows skipped, checkpoints in {out}")
     if ddp:
         dist.destroy_process_group()
@@ -539,6 +677,7 @@ def main(argv=None):
     try:
         train(cfg)
     except ValueError as e:  # bad input: one line naming the file, no traceback, exit 2 (as argparse's errors)
+        release_out(Path(cfg.out))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -140,19 +140,24 @@ def test_ddp_two_processes_equal_one_process_with_twice_the_batch(setup, tmp_pat
 def test_bad_rows_are_skipped_and_counted(setup, tmp_path, capsys):
     root = setup[0]
     (tmp_path / "junk.wav").write_text("not audio")
+    nan = np.full(16000, np.nan, dtype=np.float32)  # a good header over bad samples: found only when read
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
     rows = [json.loads(l) for l in open(root / "train.jsonl")]
     for r in rows:
         r["audio_filepath"] = str(root / r["audio_filepath"])
     rows += [dict(audio_filepath=str(tmp_path / "missing.wav"), text="жоқ файл", duration=1.0),
              dict(audio_filepath=str(tmp_path / "junk.wav"), text="бұзық файл", duration=1.0),
+             dict(audio_filepath=str(tmp_path / "nan.wav"), text="бос файл", duration=1.0),
              dict(audio_filepath=rows[0]["audio_filepath"], text=" !!! ", duration=1.0),  # empty once normalised
              dict(audio_filepath=rows[0]["audio_filepath"], text="өте ұзын", duration=99.0)]
     manifest = tmp_path / "bad.jsonl"
     manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    T.train(config(setup, tmp_path / "out", train=str(manifest), stage="ctc", max_steps=4, batch_size=2))
+    # 5 utterances, batch 2: 3 batches an epoch, so 3 steps read nan.wav exactly once
+    T.train(config(setup, tmp_path / "out", train=str(manifest), stage="ctc", max_steps=3, batch_size=2,
+                   max_bad_fraction=0.5))
     printed = capsys.readouterr().out
-    assert "6 utterances (2 skipped)" in printed
-    assert "2 bad rows skipped" in printed
+    assert "5 utterances (2 skipped, 2 unreadable)" in printed
+    assert "1 bad rows skipped" in printed
 
 
 def test_non_finite_step_is_skipped(setup, tmp_path, monkeypatch, capsys):

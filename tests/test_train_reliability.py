@@ -124,3 +124,170 @@ def test_release_loader_refuses_a_model_pt_that_would_run_code(tiny, tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     one_line_error(proc, "model.pt")
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# nothing to train on
+
+def main_error(capsys, cfg, *says):
+    """train.main on `cfg` in this process: exit 2 and one line on stderr naming each of `says`."""
+    with pytest.raises(SystemExit) as e:
+        T.main(cli(cfg))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, (e.value.code, err)
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    for s in says:
+        assert str(s) in err, (s, err)
+    return err
+
+
+def test_an_empty_manifest_stops_at_once_even_with_max_steps(tiny, data, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    # before: --max-steps made the loop wait for a batch that never came, at 100 % CPU; the timeout catches a hang
+    proc = run_train(cli(config(tiny, data, tmp_path / "out", train=str(empty), max_steps=5)))
+    one_line_error(proc, empty, "no rows")
+
+
+def test_a_manifest_empty_after_filtering_names_why(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_seconds=0.5, max_steps=5)  # every utterance is >= 0.6 s
+    main_error(capsys, cfg, data / "train.jsonl", "all 4 rows skipped", "4 longer than 0.5 s")
+    rows = [dict(audio_filepath="u0.wav", text=" !!! ", duration=0.6)] * 2  # nothing left once normalised
+    manifest = write_manifest(tmp_path / "blank.jsonl", rows)
+    main_error(capsys, replace(cfg, train=str(manifest), max_seconds=15.0), manifest, "2 empty text")
+    main_error(capsys, replace(cfg, valid=str(manifest), max_seconds=15.0), manifest, "nothing to validate")
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(batch_size=1, grad_accum=5), "4 utterances make 4 batch(es) of --batch-size 1"),  # 4 batches < 5 a step
+    (dict(max_steps=0, epochs=0), "not one optimiser step"),
+])
+def test_a_run_of_zero_optimiser_steps_is_an_error(tiny, data, tmp_path, capsys, kw, says):
+    main_error(capsys, config(tiny, data, tmp_path / "out", **kw), says)
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mistyped manifests
+
+GOOD = '{"audio_filepath": "u0.wav", "text": "сәлем", "duration": 0.6}\n'
+
+
+@pytest.mark.parametrize("line, says", [
+    (b'{"audio_filepath": "u0.wav", "text": 5, "duration": 0.6}', "text is int, not a string"),
+    (b'{"audio_filepath": "u0.wav", "duration": 0.6}', "no text"),
+    (b'{"text": "bar", "duration": 0.6}', "no audio_filepath"),
+    (b'{"audio_filepath": ["u0.wav"], "text": "bar"}', "audio_filepath is list, not a string"),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": "0.6"}', 'duration "0.6" is not a number'),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": NaN}', "duration NaN is not a number"),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": -1}', "duration -1 is not a number"),
+    (b'{"audio_filepath": "u0.wav", "text": "bar", "duration": true}', "duration true is not a number"),
+    (b'{"audio_filepath": "u0.wav", "text": ', "not JSON"),
+    (b'["u0.wav", "bar"]', "not a JSON object"),
+    ('{"audio_filepath": "u0.wav", "text": "сәлем"}'.encode("utf-16"), "not UTF-8"),
+    (b'{"audio_filepath": "u0.wav", "text": "\xd2\x9b\xd2"}', "not UTF-8 (byte 0xd2 at column 41)"),
+])
+def test_a_mistyped_manifest_line_is_named_by_file_and_line(tmp_path, line, says):
+    from dataset import read_manifest
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes(GOOD.encode() + b"\n" + GOOD.encode() + line + b"\n" + GOOD.encode())
+    with pytest.raises(ValueError) as e:
+        read_manifest(manifest)
+    msg = str(e.value)
+    assert msg.startswith(f"{manifest}:4: ") and says in msg and "\n" not in msg, msg
+
+
+def test_a_mistyped_manifest_stops_train_py_with_exit_2(tiny, data, tmp_path, capsys):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(GOOD.replace("u0.wav", str(data / "u0.wav")) + '{"audio_filepath": 1, "text": "x"}\n')
+    main_error(capsys, config(tiny, data, tmp_path / "out", train=str(manifest)), f"{manifest}:2:", "audio_filepath")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# unreadable audio
+
+def manifest_with_bad_rows(data, tmp_path, n_bad):
+    """The four good rows, then n_bad rows whose audio is missing, garbage or cut short, in turn."""
+    (tmp_path / "junk.wav").write_bytes(b"RIFF not really a wav")
+    good = (data / "u0.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(good[: len(good) // 2])
+    rows = [dict(audio_filepath=str(data / f"u{i}.wav"), text=t, duration=0.6 + 0.3 * i) for i, t in enumerate(TEXTS)]
+    kinds = ["missing.wav", "junk.wav", "cut.wav"]
+    rows += [dict(audio_filepath=str(tmp_path / kinds[i % 3]), text="бұзық", duration=0.6) for i in range(n_bad)]
+    return write_manifest(tmp_path / "bad.jsonl", rows)
+
+
+def bad_rows(out):
+    lines = (out / "bad_rows.tsv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "source\tline\taudio\tproblem"
+    return [line.split("\t") for line in lines[1:]]
+
+
+def test_unreadable_rows_are_named_and_listed_and_training_goes_on_below_the_limit(tiny, data, tmp_path, capsys):
+    manifest = manifest_with_bad_rows(data, tmp_path, 7)  # 7 of 11 rows
+    T.train(config(tiny, data, tmp_path / "out", train=str(manifest), max_bad_fraction=0.7, max_steps=1))
+    log = capsys.readouterr().out
+    named = [line for line in log.splitlines() if line.startswith(f"warning: {manifest}:") and "skipped" in line]
+    assert len(named) == T.SHOW_BAD_ROWS and f"{manifest}:5: {tmp_path / 'missing.wav'}: no such file" in named[0]
+    assert "not readable as audio" in named[1] and "truncated" in named[2]
+    assert "2 more unreadable rows" in log and "4 utterances (0 skipped, 7 unreadable)" in log
+    listed = bad_rows(tmp_path / "out")
+    assert [r[1] for r in listed] == [str(n) for n in range(5, 12)] and all(r[0] == str(manifest) for r in listed)
+    assert (tmp_path / "out" / "checkpoint-1").is_dir()
+    T.train(config(tiny, data, tmp_path / "out", max_steps=1))  # a clean manifest: no stale list left behind
+    assert not (tmp_path / "out" / "bad_rows.tsv").exists()
+
+
+def test_more_unreadable_rows_than_the_limit_stop_before_training(tiny, data, tmp_path, capsys):
+    manifest = manifest_with_bad_rows(data, tmp_path, 1)  # 1 of 5: 20 % > the default 1 %
+    main_error(capsys, config(tiny, data, tmp_path / "out", train=str(manifest)),
+               manifest, "1 of 5 rows have unreadable audio (20.0 % > --max-bad-fraction 0.01)", "bad_rows.tsv")
+    assert len(bad_rows(tmp_path / "out")) == 1
+    assert not list((tmp_path / "out").glob("checkpoint-*"))
+
+
+def test_a_manifest_of_only_unreadable_rows_always_stops(tiny, data, tmp_path):
+    manifest = manifest_with_bad_rows(data, tmp_path, 3)
+    only_bad = write_manifest(tmp_path / "only_bad.jsonl", [json.loads(l) for l in manifest.open()][4:])
+    # before: loss=0.000 for every step and exit 0; even a limit of 100 % does not let it train
+    proc = run_train(cli(config(tiny, data, tmp_path / "out", train=str(only_bad), max_bad_fraction=1.0)))
+    one_line_error(proc, only_bad, "3 of 3 rows have unreadable audio (all of them)")
+    assert len(bad_rows(tmp_path / "out")) == 3
+
+
+def test_a_row_without_duration_gets_the_files_and_the_length_filter(tiny, data, tmp_path):
+    from dataset import open_dataset
+    rows = [dict(audio_filepath=str(data / f"u{i}.wav"), text=t) for i, t in enumerate(TEXTS)]
+    ds = open_dataset(write_manifest(tmp_path / "m.jsonl", rows), tiny.tok, max_seconds=1.0)
+    assert ds.drop_unreadable() == []
+    assert ds.durations() == [0.6, 0.9] and ds.why_skipped == {"longer than 1 s": 2}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one run per output folder
+
+def test_a_second_run_on_the_same_out_is_refused(tiny, data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    T.lock_out(out)  # this process is "the first run"
+    try:
+        assert (out / "train.lock").read_text().strip() == str(T.os.getpid())
+        proc = run_train(cli(config(tiny, data, out)))
+        one_line_error(proc, out / "train.lock", f"pid {T.os.getpid()}")
+        assert not list(out.glob("checkpoint-*"))
+    finally:
+        T.release_out(out)
+
+
+def test_the_lock_of_a_dead_run_is_taken_over(tiny, data, tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.lock").write_text(f"{dead.pid}\n")  # what a killed run leaves behind
+    T.train(config(tiny, data, out, max_steps=1))
+    assert f"pid {dead.pid}) is gone; taking it over" in capsys.readouterr().out
+    assert (out / "checkpoint-1").is_dir()
+    assert (out / "train.lock").read_text() == ""  # released at the end
+    T.train(config(tiny, data, out, max_steps=2, resume=True))  # and the next run takes it without a word
+    assert "taking it over" not in capsys.readouterr().out and (out / "checkpoint-2").is_dir()
