@@ -56,18 +56,18 @@ class AudioWindows:
     """A long file read window by window at 16 kHz mono: `for start, wav in AudioWindows(path): ...`.
 
     Window `start` is in 16 kHz samples. A window read from the file equals the same slice of
-    mel.load_audio(path) up to float rounding (mel.read_resampled). `starts` replaces window_starts' windows
-    (the original's chunks: reference_starts). A file that cannot be decoded at some point raises AudioError
-    when its window is reached.
+    mel.load_audio(path) up to float rounding (mel.read_resampled). `starts_of(n_samples)` gives other windows
+    than window_starts' (the original's chunks: reference_starts). A file that cannot be decoded at some point
+    raises AudioError when its window is reached.
     """
 
-    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS,
-                 starts: list[int] | None = None):
+    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS, starts_of=None):
         self.path = str(path)
         self.frames, self.sr = audio_info(self.path)
         self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)
         self.window, self.overlap = round(window_s * SAMPLE_RATE), round(overlap_s * SAMPLE_RATE)
-        self.starts = window_starts(self.n_samples, self.window, self.overlap) if starts is None else starts
+        self.starts = (starts_of(self.n_samples) if starts_of else
+                       window_starts(self.n_samples, self.window, self.overlap))
 
     def __len__(self):
         return len(self.starts)
