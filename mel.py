@@ -2,9 +2,9 @@
 
 load_audio() reads any file libsndfile can (wav 16/24-bit/float, flac, ogg vorbis/opus, mp3), averages the
 channels and resamples to 16 kHz, in bounded memory and time whatever the header says: only regular files are
-opened, rates outside 1000..768000 Hz and claims of more than 12 h are refused, a file is read a few MB at a
-time, and the resampler's kernel is capped (resample_ratio). log_mel_spectrogram() computes the features the release was trained on:
-torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)` with every other argument
+opened, rates outside 1000..768000 Hz and claims of more than 12 h are refused, a file is read 256 kB at a
+time, and the resampler's kernel is capped (resample_ratio). log_mel_spectrogram() computes the features the
+release was trained on: torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)` with every other argument
 at its default, then `log(clamp(mel, 1e-10))`. Both are re-derived here on plain torch.stft / conv1d, so torchaudio
 is never needed; tests/test_mel.py checks them against librosa and against analytic references.
 
@@ -15,6 +15,7 @@ import math
 import os
 import re
 import stat
+from contextlib import contextmanager
 from fractions import Fraction
 from functools import lru_cache
 
@@ -63,11 +64,30 @@ def check_file(path) -> str:
     return path
 
 
+@contextmanager
+def _codec_quiet():
+    """File descriptor 2 points at /dev/null meanwhile: libmpg123 (mp3) prints its resync notes straight there,
+    several lines per damaged file, where our one-line AudioError already names the file and the problem."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to guard
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def open_audio(path) -> sf.SoundFile:
     """An open soundfile whose header is usable (rate in MIN_RATE..MAX_RATE, at most MAX_SECONDS, not cut short)."""
     path = check_file(path)
     try:
-        f = sf.SoundFile(path)
+        with _codec_quiet():
+            f = sf.SoundFile(path)
     except (RuntimeError, OSError, ValueError, TypeError) as e:  # sf.LibsndfileError is a RuntimeError
         raise AudioError(f"{path}: not readable as audio ({_one_line(e)})") from None
     problem = _header_problem(f)
@@ -124,7 +144,8 @@ def read_resampled(f: sf.SoundFile, start: int, end: int, path: str, sr: int = S
     return wav[start - offset: end - offset]
 
 
-READ_VALUES = 1 << 20  # values (frames x channels) read from a file at a time: 4 MB, however many channels
+# values (frames x channels) read at a time: 256 kB however many channels, and a decode error placed within 4 s
+READ_VALUES = 1 << 16
 
 
 def _read_mono(f: sf.SoundFile, first: int, n: int, path: str) -> torch.Tensor:
@@ -133,13 +154,14 @@ def _read_mono(f: sf.SoundFile, first: int, n: int, path: str) -> torch.Tensor:
     parts, left = [], n
     step = max(1, READ_VALUES // max(1, f.channels))
     try:
-        f.seek(first)
-        while left > 0:
-            block = f.read(min(step, left), dtype="float32", always_2d=True)  # (frames, channels) in [-1, 1)
-            if len(block) == 0:
-                break
-            parts.append(block.mean(axis=1))
-            left -= len(block)
+        with _codec_quiet():
+            f.seek(first)
+            while left > 0:
+                block = f.read(min(step, left), dtype="float32", always_2d=True)  # (frames, channels) in [-1, 1)
+                if len(block) == 0:
+                    break
+                parts.append(block.mean(axis=1))
+                left -= len(block)
     except (RuntimeError, OSError, ValueError, MemoryError) as e:  # a corrupt frame in a flac/ogg/mp3
         at = (first + n - left) / f.samplerate
         raise AudioError(f"{path}: cannot decode the audio at {at:.1f} s ({_one_line(e)})") from None
