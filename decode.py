@@ -16,12 +16,16 @@ Modes (the strategies themselves are in search.py and ctc.py):
 Every mode but reference decodes files of any length: windows of 15 s overlapping by 5 s, spliced at the
 seams by the CTC word timings (longform.py). Texts are normalised as SPEC §5 says.
 
-A file that cannot be read gets a one-line error on stderr naming it; the others are still transcribed, and
-the exit status is 1 at the end (2 when the model or the arguments are wrong).
+A file that cannot be read (not a regular file, a broken header, a cut or corrupt stream) gets a one-line error
+on stderr naming it; the others are still transcribed, and the exit status is 1 at the end (2 when the model or
+the arguments are wrong: every numeric flag must be a finite number within LIMITS). Memory stays bounded by the
+batch and the window, whatever a file's header claims; --mode reference reads only the 15 s (or chunks) it uses.
 Not here: the decoding maths (search.py, ctc.py), long-audio windows (longform.py), scoring (evaluate.py).
 """
 import argparse
 import json
+import math
+import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,7 +35,7 @@ import torch
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
-from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, n_frames
+from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames
 from search import beam_search, greedy_batch, greedy_tokens, length_runs, release_filters  # noqa: F401 (train.py: greedy_batch)
 from tokenizer import Tokenizer, normalize
 
@@ -57,6 +61,37 @@ class DecodeOptions:
     overlap: float = longform.OVERLAP_SECONDS  # long files: overlap of neighbouring windows (s)
 
 
+# what each numeric option may be: (flag, least, most, integer); the most bound memory and time (beams x KV cache,
+# files x window in a batch), and a model's positions bound --window and --max-tokens further (Transcriber._check)
+LIMITS = {
+    "beam_size": ("--beam-size", 1, 64, True),
+    "ctc_weight": ("--ctc-weight", 0.0, 1.0, False),
+    "pre_beam": ("--pre-beam", 1.0, 64.0, False),
+    "length_penalty": ("--length-penalty", 0.0, 10.0, False),
+    "max_tokens": ("--max-tokens", 1, 8192, True),
+    "batch_size": ("--batch-size", 1, 1024, True),
+    "window": ("--window", 1.0, 3600.0, False),
+    "overlap": ("--overlap", 0.0, 1800.0, False),
+}
+
+
+def check_options(o: DecodeOptions):
+    """ValueError, one line, for an option that is not a finite number in its LIMITS, or an unknown mode."""
+    if o.mode not in MODES:
+        raise ValueError(f"unknown mode {o.mode!r}; choose one of {', '.join(MODES)}")
+    for name, (flag, lo, hi, integer) in LIMITS.items():
+        v = getattr(o, name)
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            raise ValueError(f"{flag} {v!r} is not {'an integer' if integer else 'a number'}")
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise ValueError(f"{flag} {v} is outside [{lo:g}, {hi:g}]")
+    if o.overlap > o.window / 2:
+        raise ValueError(f"--overlap {o.overlap:g} must be between 0 and half of --window {o.window:g}")
+    for name in ("chunked", "timestamps"):
+        if not isinstance(getattr(o, name), bool):
+            raise ValueError(f"{name} {getattr(o, name)!r} is not true or false")
+
+
 class Transcriber:
     """A model + tokenizer + options: `transcribe(paths or 16 kHz waveforms) -> [{"audio", "text", ...}]`.
 
@@ -72,19 +107,14 @@ class Transcriber:
         self._check(dtype)
 
     def _check(self, dtype):
-        """Refuse options that cannot work, in one line each (the CLI turns them into exit status 2)."""
+        """Refuse options that cannot work with this model, in one line each (the CLI: exit status 2)."""
         o = self.opt
-        problems = [
-            (o.mode not in MODES, f"unknown mode {o.mode!r}; choose one of {', '.join(MODES)}"),
-            (o.mode == "reference" and dtype != torch.float32, "--mode reference is float32 by definition (SPEC §9)"),
-            (min(o.batch_size, o.beam_size, o.max_tokens) < 1, "--batch-size, --beam-size and --max-tokens must be >= 1"),
-            (not 0 <= o.ctc_weight <= 1, f"--ctc-weight {o.ctc_weight} is outside [0, 1]"),
-            (o.pre_beam < 1, f"--pre-beam {o.pre_beam} is below 1"),
-            (not 0 <= o.overlap <= o.window / 2, f"--overlap {o.overlap} must be between 0 and half of --window {o.window}"),
-        ]
-        for bad, message in problems:
-            if bad:
-                raise ValueError(message)
+        check_options(o)
+        if o.mode == "reference" and dtype != torch.float32:
+            raise ValueError("--mode reference is float32 by definition (SPEC §9)")
+        if o.mode == "joint" and math.ceil(o.pre_beam * o.beam_size) > self.model.vocab_size:
+            raise ValueError(f"--pre-beam {o.pre_beam:g} x --beam-size {o.beam_size} candidates exceed the "
+                             f"{self.model.vocab_size} ids of the vocabulary")
         window = o.window if o.mode != "reference" else N_SAMPLES / SAMPLE_RATE
         frames = int(subsampled_lengths(torch.tensor(n_frames(round(window * SAMPLE_RATE))),
                                         self.model.encoder.cfg.n_convs))
@@ -97,8 +127,7 @@ class Transcriber:
         """Paths or 1-D 16 kHz waveforms -> one result dict each, in input order."""
         results = [None] * len(items)
         if self.opt.mode == "reference":
-            for k in range(0, len(items), self.opt.batch_size):  # batch_size files at a time: memory stays bounded
-                self._reference(items, range(k, min(k + self.opt.batch_size, len(items))), results)
+            self._reference(items, results)
             return results
         short = []  # (index, name, samples at 16 kHz) of the items that fit in one window
         for i, item in enumerate(items):
@@ -116,7 +145,7 @@ class Transcriber:
             names, wavs = [], []
             for i, name, _ in short[k: k + self.opt.batch_size]:
                 try:
-                    wavs.append(_load(items[i]))
+                    wavs.append(_load(items[i], max_seconds=self.opt.window))  # at most what the header said
                     names.append((i, name))
                 except AudioError as e:
                     results[i] = {"audio": name, "error": str(e)}
@@ -210,33 +239,50 @@ class Transcriber:
 
     # -- the release's own decoding ------------------------------------------------------------------------------
 
-    def _reference(self, items, todo, results):
-        """SPEC §9 for the files `todo` of `items`: each one's 15 s cut (or the original's chunks), float32,
-        filtered greedy. The cuts of several files are decoded as one padded batch with masks, which gives each
-        the tokens it gets alone, unmasked (tests/test_decode.py)."""
-        chunks = []  # (index into items, start sample, waveform)
-        for i in todo:
-            try:
-                wav = _load(items[i])
-            except AudioError as e:
-                results[i] = {"audio": _name(items[i], i), "error": str(e)}
-                continue
-            parts = longform.reference_chunks(wav) if self.opt.chunked else [(0, wav[:N_SAMPLES])]
-            chunks += [(i, start, chunk) for start, chunk in parts]
-        texts, words = {}, {}  # index -> per chunk, in order
-        for k in range(0, len(chunks), self.opt.batch_size):
-            batch = chunks[k: k + self.opt.batch_size]
-            audio, enc_len, log_probs = self._encode([c for _, _, c in batch], ctc=self.opt.timestamps)
-            tokens = greedy_tokens(self.model.llm, audio, enc_len, self.opt.max_tokens, release_filters())
-            for b, ((i, start, chunk), t) in enumerate(zip(batch, tokens)):
-                texts.setdefault(i, []).append(normalize(self.tokenizer.decode(t)))
-                if self.opt.timestamps:
-                    lp = log_probs[b, : int(enc_len[b])]
-                    words.setdefault(i, []).append(self._words(t, lp, start / SAMPLE_RATE, chunk.shape[-1] / SAMPLE_RATE))
+    def _reference(self, items, results):
+        """SPEC §9: each file's 15 s cut (or the original's chunks), float32, filtered greedy. The cuts of several
+        files are decoded as one padded batch with masks, which gives each the tokens it gets alone, unmasked
+        (tests/test_decode.py). Chunks stream through batch_size at a time: only the audio used is read."""
+        texts, words, batch = {}, {}, []  # index -> per chunk, in order; batch: (index, start sample, waveform)
+        for chunk in self._reference_chunks(items, results):
+            batch.append(chunk)
+            if len(batch) == self.opt.batch_size:
+                self._reference_batch(batch, texts, words)
+                batch = []
+        if batch:
+            self._reference_batch(batch, texts, words)
         for i, file_texts in texts.items():
+            if results[i] is not None:  # failed part-way through its chunks
+                continue
             results[i] = {"audio": _name(items[i], i), "text": longform.join_chunk_texts(file_texts)}
             if self.opt.timestamps:  # the words of the chunks whose text was kept
                 results[i]["words"] = [w for c in longform.kept_chunks(file_texts) for w in words[i][c]]
+
+    def _reference_chunks(self, items, results):
+        """(index, start sample, waveform) of every file's cut or chunks, read one at a time; a file that cannot
+        be read gets its error in results and yields no more."""
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, torch.Tensor) or not self.opt.chunked:
+                    wav = _load(item, max_seconds=N_SAMPLES / SAMPLE_RATE)  # a path: only the first 15 s read
+                    parts = longform.reference_chunks(wav) if self.opt.chunked else [(0, wav[:N_SAMPLES])]
+                    yield from ((i, start, chunk) for start, chunk in parts)
+                    continue
+                for start, chunk in longform.AudioWindows(item, N_SAMPLES / SAMPLE_RATE, 0.0,
+                                                          starts_of=longform.reference_starts):
+                    yield i, start, _pad(chunk)
+            except AudioError as e:
+                results[i] = {"audio": _name(item, i), "error": str(e)}
+
+    def _reference_batch(self, batch, texts, words):
+        """Decode one batch of reference chunks; their texts (and words) go to texts[index] (words[index])."""
+        audio, enc_len, log_probs = self._encode([c for _, _, c in batch], ctc=self.opt.timestamps)
+        tokens = greedy_tokens(self.model.llm, audio, enc_len, self.opt.max_tokens, release_filters())
+        for b, ((i, start, chunk), t) in enumerate(zip(batch, tokens)):
+            texts.setdefault(i, []).append(normalize(self.tokenizer.decode(t)))
+            if self.opt.timestamps:
+                lp = log_probs[b, : int(enc_len[b])]
+                words.setdefault(i, []).append(self._words(t, lp, start / SAMPLE_RATE, chunk.shape[-1] / SAMPLE_RATE))
 
 
 def _name(item, i: int) -> str:
@@ -251,13 +297,15 @@ def greedy_or_beam(llm, audio, enc_len, o: DecodeOptions, ctc: CTCPrefixScorer |
                        o.pre_beam)
 
 
-def _load(item) -> torch.Tensor:
-    """A path -> 16 kHz mono waveform (mel.load_audio's checks); a waveform passes through.
+def _load(item, max_seconds: float | None = None) -> torch.Tensor:
+    """A path -> 16 kHz mono waveform of at most max_seconds (mel.load_audio's checks); a waveform passes through."""
+    wav = item.float().reshape(-1) if isinstance(item, torch.Tensor) else load_audio(item, max_seconds=max_seconds)
+    return _pad(wav)
 
-    A clip shorter than one 25 ms analysis window gets silence appended up to it (the stft's reflect padding
-    needs that much), so even a click decodes, to (near) nothing.
-    """
-    wav = item.float().reshape(-1) if isinstance(item, torch.Tensor) else load_audio(item)
+
+def _pad(wav: torch.Tensor) -> torch.Tensor:
+    """A clip shorter than one 25 ms analysis window gets silence appended up to it (the stft's reflect padding
+    needs that much), so even a click decodes, to (near) nothing."""
     return torch.nn.functional.pad(wav, (0, max(0, N_FFT - wav.shape[0])))
 
 
@@ -335,14 +383,15 @@ def options_from_args(args, folder_defaults: dict | None = None) -> DecodeOption
 
 def load(args) -> Transcriber:
     """Model, tokenizer and options from parsed add_decoding_args flags; ValueError (one line) when unusable."""
-    from model import load_model, load_release, tokenizer_path  # here: decode.py --help needs no model code
+    from model import load_model, load_release, read_config, tokenizer_path  # here: --help needs no model code
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     folder = None if args.checkpoint else (Path(args.model) if args.model else DEFAULT_MODEL)
     config = folder / "config.json" if folder else None
-    defaults = json.loads(config.read_text()).get("decode", {}) if config and config.is_file() else {}
+    defaults = read_config(folder).get("decode", {}) if config and config.is_file() else {}
     options = options_from_args(args, defaults)  # e.g. the teaching model's shorter windows
+    check_options(options)  # before the model loads: a bad flag costs nothing
     if options.mode == "reference" and dtype != torch.float32:
         raise ValueError("--mode reference is float32 by definition (SPEC §9); drop --dtype bfloat16")
     if args.checkpoint:
@@ -373,7 +422,8 @@ def parse_args(argv=None):
                     "released checkpoint-92000). Prints the normalised transcript (SPEC §5).",
         epilog="Files longer than --window are transcribed whole in overlapping windows (not in reference mode, "
                "which cuts at 15 s as the original did unless --chunked). Exit status: 0 all files transcribed, "
-               "1 some file failed (one line each on stderr), 2 bad arguments or model.",
+               "1 some file failed (one line each on stderr; the others are still transcribed), 2 bad arguments "
+               "or model, 141 the output pipe was closed (e.g. by head).",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate, any channels)")
     add_decoding_args(p)
@@ -391,13 +441,31 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         transcriber = load(args)
-    except ValueError as e:  # AudioError, CheckpointError, TokenizerError and our own: all one line
+    except (ValueError, OSError) as e:  # AudioError, CheckpointError, TokenizerError and our own: all one line
         print(f"decode.py: error: {e}", file=sys.stderr)
         return 2
-    failed = 0
-    group = max(1, transcriber.opt.batch_size) * 8  # print as we go, sorting by length within each group
-    for k in range(0, len(args.files), group):
-        for r in transcriber.transcribe(args.files[k: k + group]):
+    try:
+        failed = transcribe_files(transcriber, args)
+    except BrokenPipeError:  # `decode.py ... | head`: the reader has gone, so stop quietly
+        _silence_stdout()
+        return 141  # what a shell reports for a program ended by SIGPIPE
+    return 1 if failed else 0
+
+
+def transcribe_files(transcriber: Transcriber, args) -> int:
+    """Print every file's transcript as it is done, one error line per file that failed; returns how many failed.
+
+    What is not a regular file (a FIFO, a device, a folder) is refused before anything is read from it."""
+    failed, paths = 0, []
+    for path in args.files:
+        try:
+            paths.append(check_file(path))
+        except AudioError as e:
+            failed += 1
+            print(f"decode.py: {e}", file=sys.stderr)
+    group = transcriber.opt.batch_size * 8  # print as we go, sorting by length within each group
+    for k in range(0, len(paths), group):
+        for r in transcriber.transcribe(paths[k: k + group]):
             if "error" in r:
                 failed += 1
                 print(f"decode.py: {r['error']}", file=sys.stderr)
@@ -408,7 +476,15 @@ def main(argv=None) -> int:
             else:
                 print(f"{r['audio']}\t{r['text']}")
             sys.stdout.flush()
-    return 1 if failed else 0
+    return failed
+
+
+def _silence_stdout():
+    """Point stdout at /dev/null, so that the interpreter's last flush of a closed pipe raises nothing."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (an in-process caller's buffer)
+        pass
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ In the ASR model it is frozen; `Llama(cfg)` with random weights is trainable, to
 Does not do: rope_scaling, biases, sliding windows, sampling loops (see decode.py), tensor parallelism.
 """
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,8 +22,60 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 
+MAX_POSITIONS = 1 << 17  # the longest RoPE table a config may ask for (131072 positions, Llama 3.1's)
+
+
 class CheckpointError(ValueError):
     """A Llama folder we cannot read; the message is one line naming the file and the problem."""
+
+
+def read_json(path: str) -> dict:
+    """A JSON object from a file, or CheckpointError naming the file and what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(d).__name__}")
+    return d
+
+
+def safetensors_header(path: str) -> dict[str, tuple]:
+    """{tensor name: shape} of a safetensors file, read from its header; CheckpointError when it is not one."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError (not an OSError) on a cut or garbage file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+
+
+def read_safetensors(path: str, names=None) -> dict[str, torch.Tensor]:
+    """The tensors (all, or those in `names`) of a safetensors file, each checked finite; CheckpointError naming
+    the file and the first problem (a cut file, a tensor holding NaN or inf)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            tensors = {n: f.get_tensor(n) for n in f.keys() if names is None or n in names}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    check_finite(tensors, path)
+    return tensors
+
+
+def check_finite(tensors: dict, path):
+    """CheckpointError naming the first floating tensor that holds NaN or inf (a damaged or diverged file)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {name} holds NaN or inf")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 @dataclass
@@ -47,10 +100,15 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, d: dict, source: str = "config.json") -> "LlamaConfig":
-        """Read a transformers config.json dict (v4 or v5 keys); refuse what this decoder does not implement."""
+        """Read a transformers config.json dict (v4 or v5 keys); refuse what this decoder does not implement,
+        and any missing, mistyped or impossible value, in one line naming `source`."""
         def refuse(problem):
             raise CheckpointError(f"{source}: {problem}")
+        if not isinstance(d, dict):
+            refuse(f"expected a JSON object, found {type(d).__name__}")
         rope = d.get("rope_parameters") or {}  # transformers 5 moved rope_theta / rope_scaling here
+        if not isinstance(rope, dict):
+            refuse(f"rope_parameters {rope!r} is not an object")
         if d.get("model_type", "llama") != "llama":
             refuse(f"model_type {d['model_type']!r} is not llama")
         if d.get("rope_scaling") is not None or rope.get("rope_type", "default") != "default":
@@ -59,20 +117,49 @@ class LlamaConfig:
             refuse(f"hidden_act {d['hidden_act']!r} is not supported (silu only)")
         if d.get("attention_bias") or d.get("mlp_bias"):
             refuse("attention_bias / mlp_bias are not supported (no biases)")
-        try:
-            dim, heads = d["hidden_size"], d["num_attention_heads"]
-            if dim % heads or d.get("head_dim") not in (None, dim // heads):
-                refuse(f"head_dim {d.get('head_dim')} is not hidden_size / num_attention_heads ({dim}/{heads})")
-            first = lambda v, default: default if v is None else (v[0] if isinstance(v, list) else v)
-            return cls(
-                vocab_size=d["vocab_size"], dim=dim, n_layers=d["num_hidden_layers"], n_heads=heads,
-                n_kv_heads=d.get("num_key_value_heads") or heads, ffn_dim=d["intermediate_size"],
-                norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=d.get("rope_theta", rope.get("rope_theta", 10000.0)),
-                max_seq_len=d.get("max_position_embeddings", 2048), tie_embeddings=d.get("tie_word_embeddings", True),
-                bos_id=first(d.get("bos_token_id"), 0), eos_id=first(d.get("eos_token_id"), 0),
-                pad_id=first(d.get("pad_token_id"), 1))
-        except KeyError as e:
-            refuse(f"missing key {e}")
+
+        def integer(key, most, default=None, least=1):
+            v = d.get(key)
+            if v is None:  # absent, or null as some configs write it
+                if default is None:
+                    refuse(f"missing key {key!r}")
+                v = default
+            if isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most:
+                refuse(f"{key} is {v!r}, expected an integer in {least}..{most}")
+            return v
+
+        def number(key, default):
+            v = d.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v > 0):
+                refuse(f"{key} is {v!r}, expected a positive number")
+            return float(v)
+
+        def token_id(key, default):
+            v = d.get(key)
+            v = v[0] if isinstance(v, list) and v else v  # several EOS ids: the first is ours
+            if v is None:
+                return default
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                refuse(f"{key} is {d.get(key)!r}, expected a token id")
+            return v
+
+        vocab, dim = integer("vocab_size", 1 << 24), integer("hidden_size", 1 << 16)
+        heads = integer("num_attention_heads", dim)
+        kv_heads = integer("num_key_value_heads", heads, default=heads)
+        if dim % heads or heads % kv_heads or (dim // heads) % 2:
+            refuse(f"hidden_size {dim} / num_attention_heads {heads} / num_key_value_heads {kv_heads}: the heads "
+                   "must divide the width into even head sizes, and the key/value heads the heads")
+        if d.get("head_dim") not in (None, dim // heads):
+            refuse(f"head_dim {d.get('head_dim')} is not hidden_size / num_attention_heads ({dim}/{heads})")
+        tie = d.get("tie_word_embeddings", True)
+        if not isinstance(tie, bool):
+            refuse(f"tie_word_embeddings is {tie!r}, expected true or false")
+        return cls(
+            vocab_size=vocab, dim=dim, n_layers=integer("num_hidden_layers", 1024), n_heads=heads,
+            n_kv_heads=kv_heads, ffn_dim=integer("intermediate_size", 1 << 20),
+            norm_eps=number("rms_norm_eps", 1e-6), rope_theta=number("rope_theta", rope.get("rope_theta", 10000.0)),
+            max_seq_len=integer("max_position_embeddings", MAX_POSITIONS, default=2048), tie_embeddings=tie,
+            bos_id=token_id("bos_token_id", 0), eos_id=token_id("eos_token_id", 0), pad_id=token_id("pad_token_id", 1))
 
     def to_hf(self, dtype: torch.dtype = torch.float32) -> dict:
         """A config.json dict that transformers' LlamaForCausalLM reads (v4 keys, which v5 also accepts)."""
@@ -356,25 +443,27 @@ def _tensor_files(folder: str) -> dict[str, str]:
     """{tensor name: safetensors path}, from model.safetensors or a sharded model.safetensors.index.json."""
     index, single = os.path.join(folder, "model.safetensors.index.json"), os.path.join(folder, "model.safetensors")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            files = {name: os.path.join(folder, shard) for name, shard in json.load(f)["weight_map"].items()}
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: no weight_map of tensor names to shard files")
+        files = {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
         for path in sorted(set(files.values())):
             if not os.path.isfile(path):
                 raise CheckpointError(f"{path}: shard named in {index} does not exist")
         return files
     if os.path.isfile(single):
-        with safe_open(single, framework="pt") as f:
-            return {name: single for name in f.keys()}
+        return {name: single for name in safetensors_header(single)}
     raise CheckpointError(f"{folder}: no model.safetensors or model.safetensors.index.json")
 
 
 def load_llama(folder: str, dtype: torch.dtype = torch.float32, device="cpu") -> Llama:
-    """Read a Hugging Face Llama folder strictly (every name and shape checked) into a frozen Llama."""
+    """Read a Hugging Face Llama folder strictly (every name and shape checked, every value finite) into a
+    frozen Llama; CheckpointError, one line naming the file, for anything wrong."""
+    folder = str(folder)
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         raise CheckpointError(f"{config_path}: no such file")
-    with open(config_path, encoding="utf-8") as f:
-        cfg = LlamaConfig.from_hf(json.load(f), source=config_path)
+    cfg = LlamaConfig.from_hf(read_json(config_path), source=config_path)
     with torch.device("meta"):  # shapes only; the real tensors are assigned below
         model = Llama(cfg)
     shapes = {n: tuple(t.shape) for n, t in model.state_dict().items()}
@@ -383,8 +472,7 @@ def load_llama(folder: str, dtype: torch.dtype = torch.float32, device="cpu") ->
     files = _tensor_files(folder)
     found = {}
     for path in sorted(set(files.values())):  # safe_open memory-maps each file; shapes come from headers
-        with safe_open(path, framework="pt") as f:
-            found.update({n: tuple(f.get_slice(n).get_shape()) for n in f.keys() if files.get(n) == path})
+        found.update({n: s for n, s in safetensors_header(path).items() if files.get(n) == path})
     # HF ignores a stored lm_head when tied, and old checkpoints kept RoPE's inv_freq buffer: both follow from config
     ignored = {n for n in found if n.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and n == "lm_head.weight")}
     missing = sorted(expected.keys() - found.keys())
@@ -397,8 +485,8 @@ def load_llama(folder: str, dtype: torch.dtype = torch.float32, device="cpu") ->
         raise CheckpointError(f"{folder}: " + "; ".join(problems))
     state = {}
     for path in sorted(set(files.values())):
-        with safe_open(path, framework="pt") as f:
-            state.update({ours[n]: f.get_tensor(n).to(device=device, dtype=dtype) for n in f.keys() if n in ours})
+        tensors = read_safetensors(path, {n for n in ours if files.get(n) == path})
+        state.update({ours[n]: t.to(device=device, dtype=dtype) for n, t in tensors.items()})
     model.load_state_dict(state, strict=True, assign=True)
     model.reset_rope(device)
     return model.freeze()

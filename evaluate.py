@@ -15,7 +15,9 @@ through decode.Transcriber in groups of --batch-size files (sorted by length, so
 little), and reports WER/CER with intervals, S/D/I counts, the real-time factor (decode wall time /
 audio seconds, on the device named), a README table row, the worst utterances and, with --out, one
 JSON line per utterance. A file that cannot be read is reported on stderr, counted as failed and
-scored as an empty hypothesis: a broken clip costs its words, as it would in a real system.
+scored as an empty hypothesis: a broken clip costs its words, as it would in a real system; the exit
+status is then 1, unless --allow-failures. Text inputs are UTF-8 (a BOM is ignored), lines end at
+\\n or \\r\\n only, and a bad line is reported as file:line.
 
 What it does not do: decoding itself (decode.py, search.py) or text normalisation (tokenizer.py).
 """
@@ -32,11 +34,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import soundfile as sf
 import torch
 from tqdm import tqdm
 
 import decode
+from longform import audio_info
+from mel import AudioError, check_file
 from tokenizer import normalize
 from wer import ErrorStats, char_stats, corpus_stats, format_worst, word_stats
 
@@ -58,18 +61,14 @@ class FleursRow:
 
 def _read_fleurs_tsv(path: str) -> list[tuple[str, str, str, str]]:
     """(id, file, raw, normalised) per line of a FLEURS tsv: tab-separated, no header."""
-    if not os.path.isfile(path):
-        raise EvalInputError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) < 4:
-                raise EvalInputError(f"{path}: line {lineno} has {len(cols)} tab-separated columns, expected 7")
-            rows.append((cols[0], cols[1], cols[2], cols[3]))
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 4:
+            raise EvalInputError(f"{path}:{lineno}: {len(cols)} tab-separated columns, expected 7")
+        rows.append((cols[0], cols[1], cols[2], cols[3]))
     return rows
 
 
@@ -171,39 +170,61 @@ def paired_bootstrap(stats_a: list[ErrorStats], stats_b: list[ErrorStats], n: in
 # --- reading --ref / --hyp files ---------------------------------------------------------
 
 def _read_lines(path: str) -> list[str]:
+    """A UTF-8 text file's lines: a leading byte-order mark dropped, lines ended by \\n or \\r\\n only.
+
+    Not str.splitlines, which also breaks at U+2028, \\x0b, \\x1c and others: a transcript holding one of
+    those would shift every later line onto the wrong utterance. Bad UTF-8 is an error naming file:line.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        raise EvalInputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EvalInputError(f"{path}: cannot read as UTF-8 text ({e})") from None
+        check_file(path)
+        with open(path, "rb") as f:
+            data = f.read()
+    except AudioError as e:  # missing, a folder, a FIFO or a device: refused before anything blocks
+        raise EvalInputError(str(e).replace("not an audio file", "not a text file")) from None
+    except OSError as e:
+        raise EvalInputError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise EvalInputError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x})") from None
+    text = text.removeprefix("\ufeff")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line starts no new one
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
 
 
 def _parse_ids(path: str, lines: list[str]) -> dict[str, str]:
-    """id<TAB>text lines -> {id: text}; a line without a tab is an id with an empty text."""
+    """id<TAB>text lines -> {id: text}; a line with an id and no tab is that id with an empty text."""
     out = {}
-    for line in lines:
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         key, _, text = line.partition("\t")
         key = key.strip()
+        if not key:
+            raise EvalInputError(f"{path}:{lineno}: a text with no id before its tab")
         if key in out:
-            raise EvalInputError(f"{path}: id {key!r} appears twice")
+            raise EvalInputError(f"{path}:{lineno}: id {key!r} appears twice")
         out[key] = text
     return out
 
 
-def read_pair(ref_path: str, hyp_path: str) -> tuple[list[str] | None, list[str], list[str]]:
+def read_pair(ref_path: str, hyp_path: str, layout: str = "auto") -> tuple[list[str] | None, list[str], list[str]]:
     """(ids or None, references, hypotheses) from two files.
 
-    If every non-blank line of the reference has a tab, both files are id<TAB>text and are
-    matched by id (in reference order); otherwise line k of one is line k of the other.
+    layout "ids": both files are id<TAB>text and are matched by id (in reference order); a line with no tab is
+    an id whose text is empty (an empty hypothesis is often written so). "lines": line k of one is line k of
+    the other. "auto": ids when any line of either file has a tab, else lines; a file is never read half one
+    way and half the other.
     """
     ref_lines, hyp_lines = _read_lines(ref_path), _read_lines(hyp_path)
     if not any(line.strip() for line in ref_lines):
         raise EvalInputError(f"{ref_path}: no utterances")
-    if all("\t" in line for line in ref_lines if line.strip()):
+    if layout == "auto":
+        layout = "ids" if any("\t" in line for line in ref_lines + hyp_lines) else "lines"
+    if layout == "ids":
         refs, hyps = _parse_ids(ref_path, ref_lines), _parse_ids(hyp_path, hyp_lines)
         missing = [k for k in refs if k not in hyps]
         extra = [k for k in hyps if k not in refs]
@@ -293,28 +314,35 @@ class Utterance:
 def read_manifest(path: str, max_samples: int | None = None) -> list[Utterance]:
     """NeMo JSONL (audio_filepath relative to the manifest's folder, or absolute; text) -> its first rows.
 
-    The rows are kept whether or not their audio exists: a missing file is a failed utterance.
+    The rows are kept whether or not their audio exists: a missing file is a failed utterance. A line that is
+    not such a row (not JSON, a field missing or of the wrong type) is an error naming file:line.
     """
-    if not os.path.isfile(path):
-        raise EvalInputError(f"{path}: no such file")
     folder, utts, seen = os.path.dirname(os.path.abspath(path)), [], set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                audio, text = row["audio_filepath"], row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise EvalInputError(f"{path}: line {lineno} is not a manifest line "
-                                     "(JSON with audio_filepath and text)") from None
-            key = str(row.get("id", audio))
-            if key in seen:
-                raise EvalInputError(f"{path}: line {lineno}: utterance {key!r} appears twice")
-            seen.add(key)
-            utts.append(Utterance(key, os.path.join(folder, audio), normalize(text)))  # join keeps an absolute path
-            if max_samples is not None and len(utts) == max_samples:
-                break
+    for lineno, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise EvalInputError(f"{where}: not a manifest line (JSON with audio_filepath and text)") from None
+        if not isinstance(row, dict) or "audio_filepath" not in row or "text" not in row:
+            raise EvalInputError(f"{where}: not a manifest line (JSON with audio_filepath and text)")
+        audio, text, key = row["audio_filepath"], row["text"], row.get("id", row["audio_filepath"])
+        for field, value, kinds in (("audio_filepath", audio, (str,)), ("text", text, (str,)),
+                                    ("id", key, (str, int)), ("duration", row.get("duration", 0.0), (int, float))):
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise EvalInputError(f"{where}: {field} is {type(value).__name__} {value!r:.40}, expected "
+                                     f"{' or '.join(k.__name__ for k in kinds)}")
+        if not audio or "\0" in audio:
+            raise EvalInputError(f"{where}: audio_filepath {audio!r} is not a path")
+        key = str(key)
+        if key in seen:
+            raise EvalInputError(f"{where}: utterance {key!r} appears twice")
+        seen.add(key)
+        utts.append(Utterance(key, os.path.join(folder, audio), normalize(text)))  # join keeps an absolute path
+        if max_samples is not None and len(utts) == max_samples:
+            break
     return utts
 
 
@@ -354,9 +382,9 @@ class DecodeRun:
 def audio_seconds(path: str) -> float:
     """Duration from the file's header; 0.0 when it cannot be read (decoding then reports why)."""
     try:
-        info = sf.info(path)
-        return info.frames / info.samplerate
-    except (RuntimeError, OSError):   # sf.LibsndfileError is a RuntimeError
+        frames, rate = audio_info(path)   # mel's checks: a FIFO or a device is never opened
+        return frames / rate
+    except AudioError:
         return 0.0
 
 
@@ -481,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or two decoding runs compared.",
         epilog="Decoding runs: a row whose audio is missing or unreadable is reported on stderr (one line), "
                "counted as failed in the summary and scored as an empty hypothesis (all its words deleted); it "
-               "does not stop the run. Exit status: 0 done, 2 bad input, arguments or model.")
+               "does not stop the run. Exit status: 0 done, 1 some utterance failed (without --allow-failures), 2 bad "
+               "input, arguments or model, or --out could not be written (the report is printed first).")
     what = p.add_argument_group("what to score (one of)")
     src = what.add_mutually_exclusive_group(required=True)
     src.add_argument("--ref", help="reference file: one utterance a line, or id<TAB>text lines (then matched by id)")
@@ -495,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="two --out files: WER/CER of each over the utterances both hold (matched by id) and "
                           "the fraction of paired bootstrap resamples in which A is strictly better")
     what.add_argument("--hyp", help="with --ref: hypothesis file, in the same layout as --ref")
+    what.add_argument("--layout", choices=["auto", "ids", "lines"], default="auto",
+                      help="with --ref: ids = id<TAB>text lines matched by id (a line with no tab is an id with "
+                           "an empty text); lines = line k against line k; auto = ids when any line of either "
+                           "file has a tab (default: auto)")
     what.add_argument("--no-normalize", action="store_true",
                       help="with --ref: score the texts as they are (default: normalise both, SPEC §5; decoding "
                            "runs always normalise)")
@@ -513,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--out", default=None, metavar="JSONL",
                      help="decoding runs: write one JSON line per utterance (id, audio, ref, hyp, duration, word "
                           "and character S/D/I counts, error if it failed), atomically")
+    out.add_argument("--allow-failures", action="store_true",
+                     help="decoding runs: exit 0 even when some utterance could not be decoded (default: exit 1, "
+                          "after the report, since such a score is not the model's)")
     out.add_argument("--json", action="store_true", help="print one JSON summary object instead of the text report")
     out.add_argument("--worst", type=int, default=5, help="how many worst utterances to show (default 5)")
     out.add_argument("--bootstrap", type=int, default=1000,
@@ -529,7 +565,7 @@ def _system_name(args) -> str:
 
 
 def run_scoring(args) -> int:
-    ids, refs, hyps = read_pair(args.ref, args.hyp)
+    ids, refs, hyps = read_pair(args.ref, args.hyp, args.layout)
     if not args.no_normalize:
         refs, hyps = [normalize(t) for t in refs], [normalize(t) for t in hyps]
     s = score(refs, hyps, n_boot=args.bootstrap, seed=args.seed)
@@ -544,6 +580,8 @@ def run_scoring(args) -> int:
 
 
 def run_decoding(args) -> int:
+    """Decode, print the report, then write --out; 1 when an utterance failed (unless --allow-failures), 2 when
+    --out cannot be written (the report above it stands)."""
     if args.manifest:
         utts = read_manifest(args.manifest, args.max_samples)
     else:
@@ -554,8 +592,6 @@ def run_decoding(args) -> int:
     run = decode_utterances(transcriber, utts)
     refs = [u.reference for u in utts]
     s = score(refs, run.hyps, n_boot=args.bootstrap, seed=args.seed)
-    if args.out:
-        write_jsonl(args.out, utterance_rows(utts, run, s))
     name = args.name or _system_name(args)
     table = format_table(name, s, run.rtf, run.device, run.failed)
     if args.json:
@@ -563,7 +599,27 @@ def run_decoding(args) -> int:
                    "decode_seconds": run.seconds, "rtf": run.rtf, "device": run.device,
                    "mode": args.mode, "table": table, "out": args.out}
         print(json.dumps(summary, ensure_ascii=False))
-        return 0
+    else:
+        print_report(args, name, s, run, table, refs, utts)
+    sys.stdout.flush()
+    if args.out:
+        try:
+            write_jsonl(args.out, utterance_rows(utts, run, s))
+        except OSError as e:
+            print(f"evaluate.py: error: {args.out}: cannot write the results ({e.strerror or e}); the summary "
+                  "above is complete", file=sys.stderr)
+            return 2
+        if not args.json:
+            print(f"\nwrote {args.out}")
+    if run.failed and not args.allow_failures:
+        print(f"evaluate.py: {run.failed} of {len(utts)} utterances failed (scored as empty hypotheses); "
+              "--allow-failures makes that exit status 0", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_report(args, name: str, s: Scores, run: DecodeRun, table: str, refs: list[str], utts: list[Utterance]):
+    """The text report of a decoding run: the figures, the README row, the worst utterances."""
     failed = f"  ({run.failed} failed: scored as empty hypotheses)" if run.failed else ""
     speed = f"RTF {run.rtf:.4f}" if run.rtf is not None else "RTF -"
     print(f"{name} on {args.manifest or args.fleurs}{failed}")
@@ -573,9 +629,6 @@ def run_decoding(args) -> int:
     worst = format_worst(refs, run.hyps, k=args.worst, ids=[u.id for u in utts]) if args.worst > 0 else ""
     if worst:
         print(f"\nworst utterances (most word errors first):\n\n{worst}")
-    if args.out:
-        print(f"\nwrote {args.out}")
-    return 0
 
 
 def run_compare(args) -> int:
@@ -596,7 +649,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.compare:
             return run_compare(args)
         return run_decoding(args)
-    except ValueError as e:   # EvalInputError, and the model's and tokenizer's one-line errors
+    except BrokenPipeError:   # `evaluate.py ... | head`: the reader has gone (an OSError, so caught first)
+        decode._silence_stdout()
+        return 141
+    except (ValueError, OSError) as e:   # EvalInputError, and the model's and tokenizer's one-line errors
         print(f"evaluate.py: error: {e}", file=sys.stderr)
         return 2
 

@@ -2,8 +2,9 @@
 
 The model saw at most 15 s in training (SPEC §1), so a long file is cut into WINDOW_SECONDS windows that
 overlap by OVERLAP_SECONDS (the last window is moved back to end with the file). Each window is read from
-disk alone (soundfile seeks; other rates are resampled with a margin wide enough that the window's samples
-equal those of the whole file resampled), so memory is bounded by the window, whatever the file's length.
+disk alone (mel.read_resampled: soundfile seeks; other rates are resampled with a margin wide enough that the
+window's samples equal those of the whole file resampled), so memory is bounded by the window, whatever the
+file's length.
 Each window's words carry times from the CTC alignment (ctc.forced_align); `merge_words` splices two
 neighbours inside their overlap: at a word both windows agree on (the same word at nearly the same time,
 found by aligning the two word runs as difflib does, longest common runs first), the one nearest the middle
@@ -15,9 +16,7 @@ chunk under 1 s dropped, consecutive identical chunk texts removed, the rest joi
 Not here: voice activity detection, or splicing by anything but words.
 """
 import difflib
-import math
 
-import soundfile as sf
 import torch
 
 import mel
@@ -43,66 +42,40 @@ def window_starts(n_samples: int, window: int, overlap: int) -> list[int]:
 
 
 def audio_info(path) -> tuple[int, int]:
-    """(frames, sample rate) from the file's header; a file soundfile cannot open raises mel's AudioError."""
-    path = str(path)
-    try:
-        info = sf.info(path)
-        if info.frames > 0:
-            return info.frames, info.samplerate
-    except (RuntimeError, OSError):
-        pass
-    mel.load_audio(path)  # raises AudioError with the precise problem (missing, folder, not audio, empty, ...)
-    raise AudioError(f"{path}: not readable as audio")
+    """(frames, sample rate) from the file's header; a file mel.open_audio refuses raises its one-line AudioError."""
+    with mel.open_audio(path) as f:
+        return f.frames, f.samplerate
 
 
 def n_resampled(n: int, sr: int) -> int:
     """Samples at 16 kHz of n samples at sr, as mel.resample gives them."""
-    return -(-n * SAMPLE_RATE // sr)
+    return mel.resampled_length(n, sr, SAMPLE_RATE)
 
 
 class AudioWindows:
     """A long file read window by window at 16 kHz mono: `for start, wav in AudioWindows(path): ...`.
 
     Window `start` is in 16 kHz samples. A window read from the file equals the same slice of
-    mel.load_audio(path) up to float rounding: each read starts on a resampler block boundary and reaches
-    two blocks beyond the filter's half-width on each side.
+    mel.load_audio(path) up to float rounding (mel.read_resampled). `starts_of(n_samples)` gives other windows
+    than window_starts' (the original's chunks: reference_starts). A file that cannot be decoded at some point
+    raises AudioError when its window is reached.
     """
 
-    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS):
+    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS, starts_of=None):
         self.path = str(path)
         self.frames, self.sr = audio_info(self.path)
-        with sf.SoundFile(self.path) as f:
-            cut = mel.wav_shortfall(f.extra_info)
-        if cut:
-            raise AudioError(f"{self.path}: truncated (header promises {cut[1]} bytes, file has {cut[0]})")
         self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)
         self.window, self.overlap = round(window_s * SAMPLE_RATE), round(overlap_s * SAMPLE_RATE)
-        self.starts = window_starts(self.n_samples, self.window, self.overlap)
+        self.starts = (starts_of(self.n_samples) if starts_of else
+                       window_starts(self.n_samples, self.window, self.overlap))
 
     def __len__(self):
         return len(self.starts)
 
     def __iter__(self):
-        g = math.gcd(self.sr, SAMPLE_RATE)
-        orig, new = self.sr // g, SAMPLE_RATE // g  # mel.resample works in blocks of `orig` in, `new` out
-        reach = math.ceil(mel.LOWPASS_WIDTH * orig / (min(orig, new) * mel.ROLLOFF))  # the filter's half-width
-        margin = (reach // orig + 2) * orig if orig != new else 0  # input samples, whole blocks, beyond it
-        with sf.SoundFile(self.path) as f:
+        with mel.open_audio(self.path) as f:
             for start in self.starts:
-                end = min(start + self.window, self.n_samples)
-                block = start // new  # first block whose output reaches the window
-                first = max(0, block * orig - margin)  # input sample the read starts at, on a block boundary
-                last = min(self.frames, -(-end * orig // new) + margin)
-                f.seek(first)
-                x = f.read(last - first, dtype="float32", always_2d=True).mean(axis=1)  # (n,) mono
-                if len(x) < last - first:
-                    raise AudioError(f"{self.path}: truncated (header promises {self.frames} frames, "
-                                     f"file has {first + len(x)})")
-                if not torch.isfinite(torch.from_numpy(x)).all():
-                    raise AudioError(f"{self.path}: contains non-finite samples (NaN or inf)")
-                wav = mel.resample(torch.from_numpy(x), self.sr, SAMPLE_RATE)
-                offset = first * new // orig  # the output sample this read begins at
-                yield start, wav[start - offset: end - offset]
+                yield start, mel.read_resampled(f, start, min(start + self.window, self.n_samples), self.path)
 
 
 def merge_words(windows: list[tuple[float, float, list[dict]]]) -> list[dict]:
@@ -154,13 +127,20 @@ def spread_times(words: list[str], start: float, end: float) -> list[dict]:
             for i, w in enumerate(words)]
 
 
+def reference_starts(n_samples: int) -> list[int]:
+    """Start samples of the original's chunks (SPEC §9) of n_samples: every 12 s; a last chunk under 1 s dropped.
+
+    reference_starts(36.5 s) -> [0, 12 s, 24 s]; each chunk is the 15 s (or what is left) from its start.
+    """
+    starts = list(range(0, n_samples, round(REF_STRIDE_SECONDS * SAMPLE_RATE)))
+    if len(starts) > 1 and n_samples - starts[-1] < REF_MIN_LAST_SECONDS * SAMPLE_RATE:
+        starts.pop()
+    return starts
+
+
 def reference_chunks(wav: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """The original's chunks (SPEC §9): (start sample, 15 s of audio) every 12 s; a last chunk under 1 s dropped."""
-    size, stride = mel.N_SAMPLES, round(REF_STRIDE_SECONDS * SAMPLE_RATE)
-    chunks = [(s, wav[s: s + size]) for s in range(0, wav.shape[-1], stride)]
-    if len(chunks) > 1 and chunks[-1][1].shape[-1] < REF_MIN_LAST_SECONDS * SAMPLE_RATE:
-        chunks.pop()
-    return chunks
+    """The original's chunks (SPEC §9) of a waveform: (start sample, 15 s of audio) at reference_starts."""
+    return [(s, wav[s: s + mel.N_SAMPLES]) for s in reference_starts(wav.shape[-1])]
 
 
 def kept_chunks(texts: list[str]) -> list[int]:

@@ -1,8 +1,10 @@
 """Audio in, log-mel features out: the front end of the SozKZ ASR model (SPEC §1).
 
 load_audio() reads any file libsndfile can (wav 16/24-bit/float, flac, ogg vorbis/opus, mp3), averages the
-channels and resamples to 16 kHz. log_mel_spectrogram() computes the features the release was trained on:
-torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)` with every other argument
+channels and resamples to 16 kHz, in bounded memory and time whatever the header says: only regular files are
+opened, rates outside 1000..768000 Hz and claims of more than 12 h are refused, a file is read 256 kB at a
+time, and the resampler's kernel is capped (resample_ratio). log_mel_spectrogram() computes the features the
+release was trained on: torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)` with every other argument
 at its default, then `log(clamp(mel, 1e-10))`. Both are re-derived here on plain torch.stft / conv1d, so torchaudio
 is never needed; tests/test_mel.py checks them against librosa and against analytic references.
 
@@ -12,6 +14,9 @@ Not here: Whisper's features (log10, max-8 clamp, (x+4)/4), mean/variance normal
 import math
 import os
 import re
+import stat
+from contextlib import contextmanager
+from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
@@ -31,35 +36,141 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 1500 frames: the stft gives 1501, training
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 LOWPASS_WIDTH = 6  # resampler: zero crossings of the sinc on each side (torchaudio's default)
 ROLLOFF = 0.99  # resampler: cutoff as a fraction of the lower Nyquist (torchaudio's default)
+MAX_KERNEL = 1 << 20  # resampler: most values in one polyphase kernel (4 MB); 44.1 kHz needs 76k, 22.05 kHz 147k
+MIN_RATE, MAX_RATE = 1000, 768000  # sample rates a file may have (Hz): anything else is a broken header
+MAX_SECONDS = 12 * 3600  # the longest audio a file may claim: a header promising days is a broken one
 
 
 class AudioError(ValueError):
     """A file that is not usable audio; str(e) == "<path>: <problem>"."""
 
 
-def load_audio(path, sr: int = SAMPLE_RATE) -> torch.Tensor:
-    """Read an audio file as a mono float32 waveform (samples,) at `sr` Hz (mean over channels, then resample)."""
+def check_file(path) -> str:
+    """path as a str when it names a regular file, else AudioError: a FIFO, a device or a socket would block a
+    reader or never end (/dev/zero), and a folder is no audio."""
     path = str(path)
-    if not os.path.exists(path):
-        raise AudioError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise AudioError(f"{path}: is a directory, not an audio file")
     try:
-        with sf.SoundFile(path) as f:
-            wav = f.read(dtype="float32", always_2d=True)  # (samples, channels), ints scaled to [-1, 1)
-            orig_sr, promised, log = f.samplerate, f.frames, f.extra_info
-    except (RuntimeError, OSError) as e:  # sf.LibsndfileError is a RuntimeError
-        problem = " ".join(str(getattr(e, "error_string", e)).split())
-        raise AudioError(f"{path}: not readable as audio ({problem})") from None
-    cut = wav_shortfall(log)
-    if cut or len(wav) < promised:  # libsndfile quietly returns what is there; a cut download is not a clip
-        have, want = cut or (len(wav), promised)
-        raise AudioError(f"{path}: truncated (header promises {want} {'bytes' if cut else 'frames'}, file has {have})")
-    if len(wav) == 0:
-        raise AudioError(f"{path}: contains no samples")
-    if not np.isfinite(wav).all():
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AudioError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+        raise AudioError(f"{path}: cannot open ({getattr(e, 'strerror', None) or e})") from None
+    if stat.S_ISDIR(mode):
+        raise AudioError(f"{path}: is a directory, not an audio file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
+        raise AudioError(f"{path}: is {kind}, not a regular file")
+    return path
+
+
+@contextmanager
+def _codec_quiet():
+    """File descriptor 2 points at /dev/null meanwhile: libmpg123 (mp3) prints its resync notes straight there,
+    several lines per damaged file, where our one-line AudioError already names the file and the problem."""
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to guard
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def open_audio(path) -> sf.SoundFile:
+    """An open soundfile whose header is usable (rate in MIN_RATE..MAX_RATE, at most MAX_SECONDS, not cut short)."""
+    path = check_file(path)
+    try:
+        with _codec_quiet():
+            f = sf.SoundFile(path)
+    except (RuntimeError, OSError, ValueError, TypeError) as e:  # sf.LibsndfileError is a RuntimeError
+        raise AudioError(f"{path}: not readable as audio ({_one_line(e)})") from None
+    problem = _header_problem(f)
+    if problem:
+        f.close()
+        raise AudioError(f"{path}: {problem}")
+    return f
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(getattr(e, "error_string", None) or e).split())
+
+
+def _header_problem(f: sf.SoundFile) -> str | None:
+    """What makes an opened file's header unusable, or None."""
+    if not MIN_RATE <= f.samplerate <= MAX_RATE:
+        return f"sample rate {f.samplerate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz (a broken header?)"
+    if f.frames > MAX_SECONDS * f.samplerate:
+        return (f"header claims {f.frames / f.samplerate / 3600:.1f} h of audio, more than the "
+                f"{MAX_SECONDS // 3600} h a file may hold (a broken header?)")
+    cut = wav_shortfall(f.extra_info)
+    if cut:  # libsndfile quietly returns what is there; a cut download is not a clip
+        return f"truncated (header promises {cut[1]} bytes, file has {cut[0]})"
+    if f.frames <= 0:
+        return "contains no samples"
+    return None
+
+
+def load_audio(path, sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> torch.Tensor:
+    """Read an audio file as a mono float32 waveform (samples,) at `sr` Hz (mean over channels, then resample).
+
+    max_seconds: only the first max_seconds are read and returned (memory does not grow with the file).
+    """
+    with open_audio(path) as f:
+        n = resampled_length(f.frames, f.samplerate, sr)
+        if max_seconds is not None:
+            n = min(n, math.ceil(max_seconds * sr))
+        return read_resampled(f, 0, n, str(path), sr)
+
+
+def read_resampled(f: sf.SoundFile, start: int, end: int, path: str, sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """Samples [start, end) at `sr` of an open file, mono: equal to load_audio(path)[start:end] up to float rounding.
+
+    Reads only what those samples need: from a resampler block boundary two blocks beyond the filter's reach
+    before `start` to as far after `end`, so the phases line up with those of the whole file.
+    """
+    orig, new = resample_ratio(f.samplerate, sr)  # resample works in blocks of `orig` in, `new` out
+    margin = (_half_width(orig, new) // orig + 2) * orig if orig != new else 0  # input samples, whole blocks
+    first = max(0, start // new * orig - margin)  # the input sample the read starts at, on a block boundary
+    last = min(f.frames, -(-end * orig // new) + margin)
+    x = _read_mono(f, first, last - first, path)
+    wav = resample(x, f.samplerate, sr)
+    offset = first * new // orig  # the output sample this read begins at
+    return wav[start - offset: end - offset]
+
+
+# values (frames x channels) read at a time: 256 kB however many channels, and a decode error placed within 4 s
+READ_VALUES = 1 << 16
+
+
+def _read_mono(f: sf.SoundFile, first: int, n: int, path: str) -> torch.Tensor:
+    """n frames from frame `first`, averaged over channels (n,), read a bounded piece at a time; AudioError when
+    the file ends early, cannot be decoded there, or holds NaN/inf."""
+    parts, left = [], n
+    step = max(1, READ_VALUES // max(1, f.channels))
+    try:
+        with _codec_quiet():
+            f.seek(first)
+            while left > 0:
+                block = f.read(min(step, left), dtype="float32", always_2d=True)  # (frames, channels) in [-1, 1)
+                if len(block) == 0:
+                    break
+                parts.append(block.mean(axis=1))
+                left -= len(block)
+    except (RuntimeError, OSError, ValueError, MemoryError) as e:  # a corrupt frame in a flac/ogg/mp3
+        at = (first + n - left) / f.samplerate
+        raise AudioError(f"{path}: cannot decode the audio at {at:.1f} s ({_one_line(e)})") from None
+    x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if len(x) < n:
+        raise AudioError(f"{path}: truncated (header promises {f.frames} frames, file has {first + len(x)})")
+    if not np.isfinite(x).all():
         raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
-    return resample(torch.from_numpy(wav.mean(axis=1)), orig_sr, sr)  # (samples,)
+    return torch.from_numpy(x)
 
 
 def wav_shortfall(log: str):
@@ -72,11 +183,49 @@ def wav_shortfall(log: str):
     return (present, promised) if present < promised < 0xFFFFFFFF else None
 
 
-@lru_cache(maxsize=None)
+def resample_ratio(orig_sr: int, new_sr: int) -> tuple[int, int]:
+    """(orig, new): `orig` input samples make `new` output samples. (44100, 16000) -> (441, 160).
+
+    The rates over their gcd, unless that kernel (new phases x about orig taps) holds more than MAX_KERNEL values:
+    a rate coprime to 16000 such as 44101 Hz would need 16000 x 44115 (2.8 GB). Then the nearest fraction whose
+    kernel fits: the input is read as if it were at new_sr * orig / new Hz. Over 1000..768000 Hz that is off by at
+    most 5.2e-4 of the rate (15991 Hz, so near 16 kHz that few fractions fit; 44101 Hz: 1.9e-6), a time stretch
+    nobody hears. Every common rate is exact (8, 11.025, 16, 22.05, 32, 44.1, 48, 88.2, 96, 192 kHz ...).
+    """
+    if not (orig_sr == int(orig_sr) > 0 and new_sr == int(new_sr) > 0):
+        raise ValueError(f"sample rates must be positive integers, not {orig_sr!r} and {new_sr!r}")
+    orig_sr, new_sr = int(orig_sr), int(new_sr)
+    g = math.gcd(orig_sr, new_sr)
+    orig, new = orig_sr // g, new_sr // g
+    limit = new
+    while kernel_size(orig, new) > MAX_KERNEL:
+        limit = limit * 9 // 10
+        ratio = Fraction(orig_sr, new_sr).limit_denominator(limit)
+        orig, new = max(1, ratio.numerator), ratio.denominator
+    return orig, new
+
+
+def _half_width(orig: int, new: int) -> int:
+    """Input samples each side of an output sample that the filter reaches: LOWPASS_WIDTH zero crossings."""
+    return math.ceil(LOWPASS_WIDTH * orig / (min(orig, new) * ROLLOFF))
+
+
+def kernel_size(orig: int, new: int) -> int:
+    """Values in the polyphase kernel of reduced rates orig -> new: new phases x (2 * half-width + orig) taps."""
+    return new * (2 * _half_width(orig, new) + orig)
+
+
+def resampled_length(n: int, orig_sr: int, new_sr: int = SAMPLE_RATE) -> int:
+    """Samples resample() makes of n input samples: ceil(n * new / orig)."""
+    orig, new = resample_ratio(orig_sr, new_sr)
+    return -(-n * new // orig)
+
+
+@lru_cache(maxsize=16)  # bounded: a stream of odd rates must not pile kernels up
 def _sinc_kernel(orig: int, new: int) -> tuple[torch.Tensor, int]:
-    """Polyphase kernels (new, 1, 2*width + orig) of a Hann-windowed sinc low-pass, for gcd-reduced rates."""
+    """Polyphase kernels (new, 1, 2*width + orig) of a Hann-windowed sinc low-pass, for reduced rates."""
     cutoff = min(orig, new) * ROLLOFF  # below the lower Nyquist, so downsampling does not alias
-    width = math.ceil(LOWPASS_WIDTH * orig / cutoff)  # input samples each side covering LOWPASS_WIDTH zero crossings
+    width = _half_width(orig, new)  # input samples each side covering LOWPASS_WIDTH zero crossings
     # output phase j (time j/new) takes input taps at times (k - width)/orig; t = distance in units of 1/cutoff
     taps = torch.arange(-width, width + orig, dtype=torch.float64) / orig  # (K,)
     t = (taps[None, :] - torch.arange(new, dtype=torch.float64)[:, None] / new) * cutoff  # (new, K)
@@ -87,7 +236,7 @@ def _sinc_kernel(orig: int, new: int) -> tuple[torch.Tensor, int]:
 
 
 def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """Band-limited resampling (..., n) -> (..., ceil(n * new_sr / orig_sr)).
+    """Band-limited resampling (..., n) -> (..., resampled_length(n, orig_sr, new_sr)), ceil(n * new_sr / orig_sr).
 
     The method of torchaudio.functional.resample at its defaults (sinc_interp_hann, lowpass_filter_width=6,
     rolloff=0.99): y[m] = sum_n x[n] h(n/orig - m/new), h a Hann-windowed sinc with cutoff 0.99 x the lower Nyquist,
@@ -97,12 +246,12 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     torchaudio itself; tests/test_mel.py checks it against a direct float64 evaluation of the formula above (max
     error ~5e-7 on unit-variance noise), pure tones (error < 1e-3 up to 3 kHz) and aliasing (12 kHz -> < 5e-3).
     Like torchaudio's, the filter is short (6 zero crossings): it starts to roll off well below the cutoff
-    (a 5 kHz tone loses ~0.5% going 44.1 -> 16 kHz, a 7 kHz tone ~18%).
+    (a 5 kHz tone loses ~0.5% going 44.1 -> 16 kHz, a 7 kHz tone ~18%). Unlike torchaudio's, memory and time per
+    sample stay bounded for any rate: a rate whose gcd with new_sr is small gets a near ratio (resample_ratio).
     """
-    if orig_sr == new_sr:
+    orig, new = resample_ratio(orig_sr, new_sr)
+    if orig == new:
         return wav
-    g = math.gcd(orig_sr, new_sr)
-    orig, new = orig_sr // g, new_sr // g
     kernel, width = _sinc_kernel(orig, new)
     n = wav.shape[-1]
     x = F.pad(wav.reshape(-1, 1, n), (width, width + orig))  # (N, 1, n + pad): zeros outside the signal

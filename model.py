@@ -17,6 +17,7 @@ Two ways in (SPEC section 8):
 Losses live in train.py and decoding strategies in search.py.
 """
 import json
+import math
 import os
 import re
 import shutil
@@ -26,10 +27,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from decoder import Llama, load_llama
+from decoder import CheckpointError, Llama, check_finite, load_llama, read_json, read_safetensors
 from encoder import AudioEncoder, EncoderConfig, Projector
+from mel import N_MELS
 
 RELEASE_HEAD_DIM = 64  # both releases use 64-d heads: the one dimension a checkpoint's shapes cannot tell
 EXTRA_ROWS = ("new_rows", "output_new_rows")  # decoder rows added by Llama.extend_vocab: not in the base folder
@@ -175,6 +177,7 @@ def load_release(checkpoint, decoder_dir, tokenizer_vocab: int | None = None, dt
         raise ValueError(f"{checkpoint}: cannot read as a torch checkpoint ({type(e).__name__})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{checkpoint}: expected a dict of tensors (SPEC section 8)")
+    check_finite(sd, checkpoint)
     enc_cfg = infer_encoder_config(sd, checkpoint)
     vocab = sd["ctc_head.weight"].shape[0] if "ctc_head.weight" in sd else None
     if vocab is None:
@@ -244,29 +247,73 @@ def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decod
     return folder
 
 
-def load_model(folder, dtype=torch.float32, device="cpu", decoder=None) -> ASRModel:
-    """A model folder written by save_model -> ASRModel in eval mode (strict: every tensor checked)."""
-    folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{folder}: not a model folder (no config.json)")
-    config = json.loads(cfg_path.read_text())
+def read_config(folder) -> dict:
+    """A model folder's config.json, every field save_model writes checked: CheckpointError (a ValueError), one
+    line naming the file and the field, when it is missing, mistyped or impossible."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a model folder (no config.json)")
+    config = read_json(path)
     if config.get("format") != "sozkz-asr":
-        raise ValueError(f"{cfg_path}: not a sozkz-asr model config")
+        raise CheckpointError(f"{path}: not a sozkz-asr model config (no \"format\": \"sozkz-asr\")")
+    fields = {"encoder": dict, "vocab_size": int, "base_vocab_size": int, "extra_rows_trainable": bool,
+              "tokenizer": str, "decoder": str, "decode": dict}
+    for key, kind in fields.items():
+        v = config.get(key)
+        if key in ("encoder", "vocab_size") and v is None:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+        if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+            raise CheckpointError(f"{path}: {key} is {v!r}, expected {kind.__name__}")
+    if config["vocab_size"] < 1:
+        raise CheckpointError(f"{path}: vocab_size {config['vocab_size']} is not positive")
+    encoder_config(config["encoder"], path)
+    return config
+
+
+def encoder_config(d: dict, path) -> EncoderConfig:
+    """EncoderConfig from a config's "encoder" object, every field checked (type, range, heads dividing the width)."""
+    known = {name: type(value) for name, value in EncoderConfig().to_dict().items()}  # int or float
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise CheckpointError(f"{path}: encoder has unknown keys {', '.join(unknown)}")
+    for key, value in d.items():
+        ok = isinstance(value, int) if known[key] is int else isinstance(value, (int, float)) and math.isfinite(value)
+        if isinstance(value, bool) or not ok or value < 0:
+            raise CheckpointError(f"{path}: encoder.{key} is {value!r}, expected a non-negative {known[key].__name__}")
+    cfg = EncoderConfig(**d)
+    if cfg.n_mels != N_MELS:
+        raise CheckpointError(f"{path}: encoder.n_mels is {cfg.n_mels}, but the features have {N_MELS} bins")
+    if not 1 <= cfg.n_heads <= cfg.dim or cfg.dim % cfg.n_heads or (cfg.dim // cfg.n_heads) % 2:
+        raise CheckpointError(f"{path}: encoder.n_heads {cfg.n_heads} does not divide encoder.dim {cfg.dim} into "
+                              "heads of even size")
+    if not (1 <= cfg.n_convs <= 6 and cfg.norm_eps > 0 and cfg.rope_base > 0 and cfg.dropout < 1):
+        raise CheckpointError(f"{path}: encoder n_convs {cfg.n_convs}, norm_eps {cfg.norm_eps}, rope_base "
+                              f"{cfg.rope_base} or dropout {cfg.dropout} is out of range")
+    return cfg
+
+
+def load_model(folder, dtype=torch.float32, device="cpu", decoder=None) -> ASRModel:
+    """A model folder written by save_model -> ASRModel in eval mode (strict: every tensor checked, and finite)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    cfg_path = folder / "config.json"
     if not decoder and "decoder" not in config:
         raise ValueError(f"{cfg_path}: names no decoder folder; pass one (decode.py --decoder LLAMA_DIR)")
     decoder = Path(decoder) if decoder else (folder / config["decoder"])
     llm = load_llama(decoder, dtype=dtype, device="cpu")
     if config["vocab_size"] > llm.vocab_size:
         llm.extend_vocab(config["vocab_size"], trainable=config.get("extra_rows_trainable", False))
-    model = ASRModel(EncoderConfig(**config["encoder"]), llm, config["vocab_size"])
-    sd = load_file(folder / "model.safetensors")
-    check_state_dict(model.own_state_dict(), sd, folder / "model.safetensors")
+    model = ASRModel(encoder_config(config["encoder"], cfg_path), llm, config["vocab_size"])
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: no such file")
+    sd = read_safetensors(str(weights))
+    check_state_dict(model.own_state_dict(), sd, weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
     model.llm.freeze()  # inference: nothing trains; train.py re-enables what it trains
     return model.to(device=device).eval()
 
 
 def tokenizer_path(folder) -> Path | None:
-    config = json.loads((Path(folder) / "config.json").read_text())
+    config = read_config(folder)
     return Path(folder) / config["tokenizer"] if "tokenizer" in config else None

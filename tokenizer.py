@@ -4,9 +4,11 @@ What it follows (SPEC §5, §6):
 - `normalize` is the FLEURS-style rule the release applied to training targets, references and
   hypotheses alike: lowercase -> every character whose Unicode category starts with P
   (punctuation) or S (symbol) becomes a space -> whitespace collapsed. Training text first drops
-  `<...>` tags. Digits, letters and combining marks are kept; no NFKC or NFC is applied (SPEC §5
-  has none, so a precomposed "й" and "и" + U+0306 stay different strings), and control
-  characters (category C) are kept as they are, exactly as the rule says.
+  `<...>` tags. Digits, letters and combining marks are kept. First, though, Unicode NFC: the
+  same word typed two ways ("й" precomposed, or "и" + combining breve U+0306; likewise "ё")
+  must be one string, or a scorer counts it as an error and a tokenizer learns it twice. NFC
+  only composes; it never drops a mark (NFKC would also fold compatibility forms, so it is not
+  used). Control characters (category C) are kept as they are, as the rule says.
 - `Tokenizer` loads either the release's Hugging Face `tokenizer.json` (byte-level BPE,
   100000 ids, `<|endoftext|>` 0, `<|padding|>` 1, `<|startoftext|>` 2) or a sentencepiece
   `.model` trained here with the same id layout (eos 0, pad 1, bos 2, unk 3). Id 0 is both EOS
@@ -39,11 +41,12 @@ class TokenizerError(ValueError):
 
 
 def normalize(text: str, drop_tags: bool = False) -> str:
-    """SPEC §5: "Сәлем, Әлем!" -> "сәлем әлем"; "6,5 %" -> "6 5".
+    """SPEC §5 after NFC: "Сәлем, Әлем!" -> "сәлем әлем"; "6,5 %" -> "6 5"; "и\u0306" -> "й".
 
     drop_tags first replaces every `<...>` tag with a space (a space, not nothing, so that
     "сөз<laugh>сөз" stays two words).
     """
+    text = unicodedata.normalize("NFC", text)  # "и" + U+0306 -> "й": one spelling of each letter
     if drop_tags:
         text = _TAG.sub(" ", text)
     text = text.lower()

@@ -30,7 +30,9 @@ SPECIALS = ["<|endoftext|>", "<|padding|>", "<|startoftext|>"]
     ("  бір\tекі\n\nүш   ", "бір екі үш"),
     ("", ""),
     (" ,.! ", ""),
-    ("и\u0306", "и\u0306"),                            # a combining breve (category Mn) is never stripped
+    ("и\u0306", "й"),                                  # decomposed й composes (NFC) ...
+    ("И\u0306Е\u0308", "йё"),                          # ... capitals too: one spelling per letter
+    ("а\u0301", "а\u0301"),                            # a mark with no precomposed letter is kept, never stripped
 ])
 def test_normalize_cases(raw, expected):
     assert normalize(raw) == expected
