@@ -28,7 +28,7 @@ from tokenizer import Tokenizer
 @torch.no_grad()
 def listen_sums(model, batch, eos_id: int) -> dict:
     """Summed CE (nats) of one batch under the three prompts, and the number of target tokens. Needs >= 2 items."""
-    from train import ce_loss  # the training loss, so the diagnostic measures exactly what training optimises
+    from train import ce_loss, ce_targets  # the training loss, so the diagnostic measures what training optimises
 
     mel, mel_len, tokens, tok_len = batch["mel"], batch["mel_lengths"], batch["tokens"], batch["token_lengths"]
     B = tokens.shape[0]
@@ -37,7 +37,8 @@ def listen_sums(model, batch, eos_id: int) -> dict:
     _, audio, audio_len = model.encode(mel, mel_len)  # (B, T', D)
     none = model.llm.embed(torch.full((B, 1), eos_id, dtype=torch.long, device=tokens.device)).to(audio.dtype)
     roll = torch.roll(torch.arange(B, device=tokens.device), -1)  # item b hears item b+1's audio
-    ce = lambda a, n: ce_loss(model.llm, a, n, tokens, tok_len, eos_id, 0.0).item()  # noqa: E731
+    targets = ce_targets(tokens, tok_len, eos_id)
+    ce = lambda a, n: ce_loss(model.text_logits(a, n, tokens), targets, 0.0).item()  # noqa: E731
     return dict(own=ce(audio, audio_len), shuffled=ce(audio[roll], audio_len[roll]),
                 none=ce(none, torch.ones(B, dtype=torch.long, device=tokens.device)),
                 tokens=float(tok_len.sum() + B))
