@@ -36,10 +36,11 @@ import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
 from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames
-from search import beam_search, greedy_batch, greedy_tokens, length_runs, release_filters  # noqa: F401 (train.py: greedy_batch)
+from search import (CTCScorer, DecoderScorer, beam_search, greedy_tokens, length_runs, logit_filters,
+                    release_filters)
 from tokenizer import Tokenizer, normalize
 
-__all__ = ["ctc_greedy", "greedy_batch", "DecodeOptions", "Transcriber", "add_decoding_args", "load", "main"]
+__all__ = ["DecodeOptions", "Transcriber", "add_decoding_args", "load", "main"]
 
 DEFAULT_MODE = "joint"  # the mode a plain `python decode.py` uses; change it here once measured
 MODES = ("reference", "greedy", "beam", "joint", "ctc")
@@ -53,6 +54,8 @@ class DecodeOptions:
     ctc_weight: float = 0.5        # w in (1 - w) log p_att + w log p_ctc (joint); 0.5 measured best (README)
     pre_beam: float = 1.5          # joint: candidates per hypothesis scored by CTC, as a multiple of beam_size
     length_penalty: float = 1.0    # beam/joint: finished scores divided by length**this (0: raw sums)
+    repetition_penalty: float = 1.0  # greedy/beam/joint: a logit filter (search.RepetitionPenalty); 1: off
+    no_repeat_ngram: int = 0       # greedy/beam/joint: ban repeated n-grams (search.NoRepeatNGram); 0: off
     max_tokens: int = 256          # per window (reference: per utterance, as the original)
     batch_size: int = 8            # files (or windows) decoded together
     chunked: bool = False          # reference: the original's chunking instead of the 15 s cut
@@ -72,6 +75,8 @@ LIMITS = {
     "batch_size": ("--batch-size", 1, 1024, True),
     "window": ("--window", 1.0, 3600.0, False),
     "overlap": ("--overlap", 0.0, 1800.0, False),
+    "repetition_penalty": ("--repetition-penalty", 0.01, 100.0, False),
+    "no_repeat_ngram": ("--no-repeat-ngram", 0, 64, True),
 }
 
 
@@ -105,6 +110,8 @@ class Transcriber:
         self.device, self.dtype = torch.device(device), dtype
         self.frame_s = frame_seconds(model.encoder.cfg.n_convs)  # 0.04 s per encoder frame
         self._check(dtype)
+        o = self.opt  # the rules every attention mode applies to the decoder's logits (reference: the release's)
+        self.filters = logit_filters(o.repetition_penalty, o.no_repeat_ngram)
 
     def _check(self, dtype):
         """Refuse options that cannot work with this model, in one line each (the CLI: exit status 2)."""
@@ -163,8 +170,7 @@ class Transcriber:
         if o.mode == "ctc":
             tokens = ctc_greedy(log_probs, enc_len)
         else:
-            tokens = greedy_or_beam(self.model.llm, audio, enc_len, o, CTCPrefixScorer(log_probs, enc_len)
-                                    if o.mode == "joint" else None)
+            tokens = search(self.model.llm, audio, enc_len, log_probs, o, self.filters)
         return [(t, None if log_probs is None else log_probs[b, : int(enc_len[b])]) for b, t in enumerate(tokens)]
 
     def _encode(self, wavs: list[torch.Tensor], ctc: bool):
@@ -289,12 +295,16 @@ def _name(item, i: int) -> str:
     return f"<waveform {i}>" if isinstance(item, torch.Tensor) else str(item)
 
 
-def greedy_or_beam(llm, audio, enc_len, o: DecodeOptions, ctc: CTCPrefixScorer | None = None) -> list[list[int]]:
-    """The attention decoder's search of the mode: greedy, beam, or joint (beam with a CTC scorer)."""
+def search(llm, audio, enc_len, log_probs, o: DecodeOptions, filters=()) -> list[list[int]]:
+    """The search of the mode: greedy; beam = beam search over the decoder; joint = beam search over the decoder
+    and the CTC prefix scores, weighted 1 - w and w. The logit filters apply to the decoder in all three."""
     if o.mode == "greedy":
-        return greedy_tokens(llm, audio, enc_len, o.max_tokens)
-    return beam_search(llm, audio, enc_len, o.beam_size, o.max_tokens, o.length_penalty, ctc, o.ctc_weight,
-                       o.pre_beam)
+        return greedy_tokens(llm, audio, enc_len, o.max_tokens, filters)
+    w = o.ctc_weight if o.mode == "joint" else 0.0
+    scorers = [DecoderScorer(llm, audio, enc_len, 1 - w, filters)]
+    if w > 0:
+        scorers.append(CTCScorer(CTCPrefixScorer(log_probs, enc_len), w))
+    return beam_search(scorers, enc_len, o.beam_size, o.max_tokens, o.length_penalty, o.pre_beam)
 
 
 def _load(item, max_seconds: float | None = None) -> torch.Tensor:
@@ -357,6 +367,12 @@ def add_decoding_args(p: argparse.ArgumentParser):
                         "(default: %(default)s)")
     d.add_argument("--length-penalty", type=float, default=DecodeOptions.length_penalty,
                    help="beam/joint: rank finished hypotheses by score / length**this (default: %(default)s)")
+    d.add_argument("--repetition-penalty", type=float, default=DecodeOptions.repetition_penalty,
+                   help="greedy/beam/joint: divide the logits of ids already generated by this (multiply when "
+                        "negative), as the release's reference decoding does with 1.15 (default: %(default)s, off)")
+    d.add_argument("--no-repeat-ngram", type=int, default=DecodeOptions.no_repeat_ngram,
+                   help="greedy/beam/joint: ban any id that would repeat an n-gram of this size, as the release's "
+                        "reference decoding does with 3 (default: %(default)s, off)")
     d.add_argument("--max-tokens", type=int, default=DecodeOptions.max_tokens,
                    help="most tokens per utterance or window, EOS aside (default: %(default)s, the release's)")
     d.add_argument("--batch-size", type=int, default=DecodeOptions.batch_size,

@@ -1,16 +1,16 @@
-"""Decoding strategies over the frozen Llama and its KV cache, one small piece each (after whisper's decoding.py).
+"""Decoding strategies over the frozen Llama and its KV cache, one small piece each (after whisper's decoding.py
+and ESPnet's scorers).
 
-- `DecoderState`: the decoder after the audio prompt; the beams of an utterance share its audio slots and grow
-  their text as a tree in place (an ancestry mask says which slots each beam sees).
-- `RepetitionPenalty`, `NoRepeatNGram`: the two logit filters of the release's decoding, computed as Hugging
-  Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (SPEC §9).
-- `reference_greedy`: SPEC §9 to the token: one utterance, no masks, greedy with the two filters, stop after
-  EOS or at 256 tokens.
-- `greedy_tokens`: masked, batched greedy, with the release's filters or without (train.py's validation WER);
-  with them it is `reference_greedy` for many utterances at once.
-- `beam_search`: beam search over the cache with length normalisation; given a `ctc.CTCPrefixScorer` it is
-  one-pass joint CTC/attention decoding (Watanabe et al. 2017; Hori et al. 2017): score =
-  (1 - w) log p_att(h) + w log psi_ctc(h), candidates pre-selected per hypothesis before the exact CTC scores.
+- `DecoderState`: the decoder after the prompt (model.decoder_prompt); the beams of an utterance share its audio
+  slots and grow their text as a tree in place (an ancestry mask says which slots each beam sees).
+- logit filters, `apply(logits (B, V), tokens)`: `RepetitionPenalty` and `NoRepeatNGram` are the release's two,
+  computed as Hugging Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (SPEC §9);
+  `logit_filters` builds the ones decode.py's flags ask for. Greedy, beam and joint search all apply them.
+- `greedy_tokens`: masked, batched greedy; with `release_filters()` it is the release's decoding
+  (`reference_greedy`: SPEC §9 to the token) for many utterances at once.
+- `beam_search` over a list of weighted scorers: `DecoderScorer` (log p_att) alone is attention beam search;
+  with a `CTCScorer` (log psi_ctc, ctc.CTCPrefixScorer) it is one-pass joint CTC/attention decoding (Watanabe et
+  al. 2017; Hori et al. 2017): score = (1 - w) log p_att(h) + w log psi_ctc(h).
 Every strategy takes audio embeddings (B, T', d) from `ASRModel.encode` and returns token ids without EOS.
 Not here: audio, features and text (decode.py), the CTC maths (ctc.py), long audio (longform.py), sampling.
 """
@@ -130,7 +130,9 @@ def length_runs(lengths: torch.Tensor, slack: float = 1.25) -> list[torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# the release's logit filters (SPEC §9)
+# logit filters: one small class per rule, `apply(logits (B, V), tokens)` in place, where tokens[b] are the ids
+# row b has generated so far. Greedy, beam and joint search all run them on the decoder's logits before they
+# are ranked, so a rule added here (and to `logit_filters`) holds in every mode.
 
 class RepetitionPenalty:
     """Keskar et al. 2019, as HF applies it: over the SET of generated ids, logit < 0 -> x * p, else x / p."""
@@ -138,12 +140,13 @@ class RepetitionPenalty:
     def __init__(self, penalty: float = 1.15):
         self.penalty = penalty
 
-    def apply(self, logits: torch.Tensor, tokens: list[int]):
-        """logits (V,) in place."""
-        if tokens:
-            ids = torch.tensor(sorted(set(tokens)), device=logits.device)
-            x = logits[ids]
-            logits[ids] = torch.where(x < 0, x * self.penalty, x / self.penalty)
+    def apply(self, logits: torch.Tensor, tokens: list[list[int]]):
+        """logits (B, V) in place; tokens[b]: row b's ids so far."""
+        seen = [(b, t) for b, ids in enumerate(tokens) for t in sorted(set(ids))]
+        if seen:
+            rows, ids = torch.tensor(seen, device=logits.device).T
+            x = logits[rows, ids]
+            logits[rows, ids] = torch.where(x < 0, x * self.penalty, x / self.penalty)
 
 
 class NoRepeatNGram:
@@ -152,20 +155,32 @@ class NoRepeatNGram:
     def __init__(self, n: int = 3):
         self.n = n
 
-    def apply(self, logits: torch.Tensor, tokens: list[int]):
-        """logits (V,) in place."""
+    def banned(self, tokens: list[int]) -> list[int]:
         n, L = self.n, len(tokens)
-        if L < n - 1:
-            return
         prefix = tokens[L - n + 1:]
-        banned = [tokens[i + n - 1] for i in range(L - n + 1) if tokens[i:i + n - 1] == prefix]
-        if banned:
-            logits[banned] = float("-inf")
+        return [tokens[i + n - 1] for i in range(L - n + 1) if tokens[i:i + n - 1] == prefix] if L >= n - 1 else []
+
+    def apply(self, logits: torch.Tensor, tokens: list[list[int]]):
+        """logits (B, V) in place; tokens[b]: row b's ids so far."""
+        bans = [(b, t) for b, ids in enumerate(tokens) for t in self.banned(ids)]
+        if bans:
+            rows, ids = torch.tensor(bans, device=logits.device).T
+            logits[rows, ids] = float("-inf")
 
 
 def release_filters(penalty: float = 1.15, ngram: int = 3) -> list:
     """The release's logit filters, in its order (SPEC §9)."""
     return [RepetitionPenalty(penalty), NoRepeatNGram(ngram)]
+
+
+def logit_filters(repetition_penalty: float = 1.0, no_repeat_ngram: int = 0) -> list:
+    """The filters decode.py's flags ask for, in the order they apply (1.0 and 0: off)."""
+    filters = []
+    if repetition_penalty != 1.0:
+        filters.append(RepetitionPenalty(repetition_penalty))
+    if no_repeat_ngram > 0:
+        filters.append(NoRepeatNGram(no_repeat_ngram))
+    return filters
 
 
 def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, penalty: float = 1.15,
@@ -179,7 +194,7 @@ def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, penalty: f
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# batched, masked search
+# greedy
 
 @torch.no_grad()
 def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_tokens: int = 256,
@@ -195,8 +210,7 @@ def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_to
     live = list(range(audio.shape[0]))  # the rows still in the batch, as indices into out
     for i in range(max_tokens):
         for f in filters:
-            for j, u in enumerate(live):
-                f.apply(logits[j], out[u])  # in place, on row j's view
+            f.apply(logits, [out[u] for u in live])
         tokens = logits.argmax(-1)  # (B_live,)
         ids = tokens.tolist()
         going = [j for j, t in enumerate(ids) if t != EOS]
@@ -221,9 +235,91 @@ def greedy_batch(model, mel: torch.Tensor, lengths: torch.Tensor, max_tokens: in
     return greedy_tokens(model.llm, audio, enc_lengths, max_tokens)
 
 
-def _mix(att: torch.Tensor, ctc: torch.Tensor, w: float) -> torch.Tensor:
-    """(1 - w) att + w ctc, without 0 * -inf = nan at the ends."""
-    return att if w == 0 else ctc if w == 1 else (1 - w) * att + w * ctc
+# ---------------------------------------------------------------------------------------------------------------
+# the scorers of beam search (ESPnet's design): each keeps the state of K hypotheses per utterance, laid out
+# (B, K), and offers
+#   start(K, max_tokens)             the empty hypotheses
+#   rank() -> (B, K, V)              a score of every next token, to pick candidates (the pre-beam)
+#   score(cand (B, K, M)) -> (B,K,M) the score of each hypothesis + candidate, EOS included
+#   advance(src, tokens, hyps, kept) continue the chosen candidates: src (B'*K,) indexes the flattened (B, K, M),
+#                                    tokens (B'*K,) their ids, hyps the new rows' ids so far, kept the utterances
+#                                    still searched (None: all)
+# A `partial` scorer scores only the pre-beam's candidates, so more of them are offered (ESPnet's PartialScorer).
+
+class DecoderScorer:
+    """log p_att(h) from the frozen Llama over its KV cache (DecoderState: the K rows of an utterance share its
+    audio), with logit filters applied to every row's next-token logits first."""
+    partial = False
+
+    def __init__(self, llm, audio: torch.Tensor, lengths: torch.Tensor, weight: float = 1.0, filters=()):
+        self.llm, self.audio, self.lengths, self.weight, self.filters = llm, audio, lengths, weight, list(filters)
+
+    def start(self, K: int, max_tokens: int):
+        B = self.audio.shape[0]
+        self.state = DecoderState(self.llm, self.audio, self.lengths, max_tokens, group=K)  # K rows an utterance
+        self._next(self.state.prefill().repeat_interleave(K, 0), [[] for _ in range(B * K)])  # copies at first
+        self.att = torch.zeros(B, K, device=self.audio.device)  # log p_att of each row's hypothesis
+
+    def _next(self, logits: torch.Tensor, hyps: list[list[int]]):
+        for f in self.filters:
+            f.apply(logits, hyps)
+        self.logits = logits.float().view(-1, self.state.group, logits.shape[-1])  # (B, K, V)
+
+    def rank(self) -> torch.Tensor:
+        # within a hypothesis the logits rank candidates as its log-softmax does: the softmax is left to `score`
+        return self.logits
+
+    def score(self, cand: torch.Tensor) -> torch.Tensor:
+        """log p_att(h + c) = log p_att(h) + logits_c - logsumexp(logits), only at the candidates."""
+        self.new = self.att[..., None] + self.logits.gather(2, cand) - self.logits.logsumexp(-1, keepdim=True)
+        return self.new
+
+    def advance(self, src, tokens, hyps, kept):
+        rows = src // self.new.shape[-1]  # the row (hypothesis) each new row continues
+        self.att = self.new.flatten()[src].view(-1, self.state.group)
+        if kept is not None:  # finished utterances leave the batch: every slot of the rows that stay is copied
+            self.state.select(rows)
+        else:  # the same utterances: rows only change which text slots they see
+            self.state.reorder(rows)
+        self._next(self.state.step(tokens), hyps)
+
+
+class CTCScorer:
+    """log psi_ctc(h), the CTC prefix score (ctc.CTCPrefixScorer; Watanabe et al. 2017): a whole-vocabulary
+    estimate for the pre-beam, exact scores for the candidates; EOS scores the CTC probability of exactly h."""
+    partial = True
+
+    def __init__(self, ctc: CTCPrefixScorer, weight: float = 0.5):
+        self.ctc, self.weight = ctc, weight
+
+    def start(self, K: int, max_tokens: int):
+        self.r = self.ctc.initial_state(K)  # (B, K, T'+1, 2) forward variables
+        self.last = torch.full(self.r.shape[:2], -1, dtype=torch.long, device=self.r.device)  # -1: empty prefix
+        self.steps = 0  # tokens in every hypothesis
+
+    def rank(self) -> torch.Tensor:
+        est = self.ctc.estimate(self.r, self.last)  # (B, K, V)
+        est[..., EOS] = self.ctc.end(self.r)  # ending here: the CTC probability of exactly h
+        return est
+
+    def score(self, cand: torch.Tensor) -> torch.Tensor:
+        self.r_cand, psi = self.ctc.score(self.r, self.last, cand, start=self.steps)  # (B, K, M, T'+1, 2), (B, K, M)
+        return torch.where(cand == EOS, self.ctc.end(self.r)[..., None], psi)
+
+    def advance(self, src, tokens, hyps, kept):
+        K = self.r.shape[1]
+        self.r = self.r_cand.flatten(0, 2)[src].view(-1, K, *self.r.shape[2:])
+        self.last, self.steps = tokens.view(-1, K), self.steps + 1
+        if kept is not None:
+            self.ctc = self.ctc.select(kept)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# beam search over weighted scorers
+
+def _weighted(scorers, values) -> torch.Tensor:
+    """sum of weight * value over the scorers of nonzero weight (no 0 * -inf = nan)."""
+    return sum(s.weight * v for s, v in zip(scorers, values) if s.weight != 0)
 
 
 class Finished:
@@ -245,84 +341,65 @@ class Finished:
 
 
 @torch.no_grad()
-def beam_search(llm, audio: torch.Tensor, lengths: torch.Tensor, beam: int = 4, max_tokens: int = 256,
-                length_penalty: float = 1.0, ctc: CTCPrefixScorer | None = None, ctc_weight: float = 0.3,
-                pre_beam: float = 1.5) -> list[list[int]]:
-    """Beam search over the KV cache for a padded batch; joint CTC/attention when `ctc` is given.
+def beam_search(scorers: list, lengths: torch.Tensor, beam: int = 4, max_tokens: int = 256,
+                length_penalty: float = 1.0, pre_beam: float = 1.5) -> list[list[int]]:
+    """Beam search for a batch of B utterances over the sum of weighted scorers' scores.
 
-    audio (B, T', d), lengths (B,) encoder frames. An utterance gets at most min(max_tokens, lengths[b]) tokens
-    (CTC cannot emit more labels than frames; this also bounds silence). As whisper's BeamSearchDecoder: each
-    step walks the candidates best first, EOS ones join the finished list, the first `beam` others live on;
-    an utterance is done once `beam` hypotheses have finished, and then leaves the batch. Without CTC each
-    hypothesis offers its top beam + 1 tokens; with it, its top ceil(pre_beam * beam) by (1 - w) log p_att +
-    w (a CTC estimate over the whole vocabulary, CTCPrefixScorer.estimate), which are then scored exactly.
-    EOS is scored with the CTC probability that the labelling is exactly the hypothesis.
+    [DecoderScorer] is attention beam search; [DecoderScorer (1 - w), CTCScorer (w)] is one-pass joint
+    CTC/attention decoding (Watanabe et al. 2017; Hori et al. 2017): score = (1 - w) log p_att + w log psi_ctc.
+    lengths (B,) encoder frames: an utterance gets at most min(max_tokens, lengths[b]) tokens (CTC cannot emit
+    more labels than frames; this also bounds silence). As whisper's BeamSearchDecoder: each step walks the
+    candidates best first, EOS ones join the finished list, the first `beam` others live on; an utterance is
+    done once `beam` hypotheses have finished, and then leaves the batch. Each hypothesis offers its top beam + 1
+    tokens by the weighted ranks; with a partial scorer its top ceil(pre_beam * beam), scored exactly after.
     """
-    B, K, dev, inf = audio.shape[0], beam, audio.device, float("-inf")
-    w = ctc_weight if ctc is not None else 0.0
-    M = max(K + 1, math.ceil(pre_beam * K)) if ctc is not None else K + 1  # candidates per hypothesis
+    B, K, dev, inf = len(lengths), beam, lengths.device, float("-inf")
+    M = max(K + 1, math.ceil(pre_beam * K)) if any(s.partial for s in scorers) else K + 1  # candidates each
     limit = lengths.clamp(max=max_tokens).tolist()
     finished = [Finished(K, length_penalty) for _ in range(B)]
     live = list(range(B))  # the utterances still in the batch, as indices into finished / limit
-    state = DecoderState(llm, audio, lengths, max_tokens, group=K)  # K rows per utterance, sharing its audio
-    logits = state.prefill().repeat_interleave(K, 0)  # (B*K, V)
+    for s in scorers:
+        s.start(K, max_tokens)
     score = torch.full((B, K), inf, device=dev)  # joint score of each row's hypothesis; -inf: row unused
     score[:, 0] = 0.0  # the K rows start as copies: only the first may expand at the first step
-    att = torch.zeros(B, K, device=dev)  # attention log-prob of each row's hypothesis
-    last = torch.full((B, K), -1, dtype=torch.long, device=dev)  # last token; -1 for the empty prefix
-    r = ctc.initial_state(K) if ctc is not None else None  # (B, K, T'+1, 2) CTC forward variables
     tokens = [[] for _ in range(B * K)]
     for step in range(max_tokens + 1):
-        B = len(live)
-        logits = logits.float().view(B, K, -1)  # (B, K, V)
-        # log p_att(h + c) = att(h) + logits_c - logsumexp(logits): within a hypothesis, logits rank the
-        # candidates alike, so the log-softmax is computed at the chosen ones only
-        if ctc is None:
-            cand = logits.topk(M, dim=-1).indices  # (B, K, M)
-        else:
-            est = ctc.estimate(r, last)  # (B, K, V)
-            est[..., EOS] = ctc.end(r)  # ending here: the CTC probability of exactly h
-            cand = (logits if w == 0 else torch.add(est, logits, alpha=(1 - w) / w)).topk(M, dim=-1).indices
-            # the pre-beam: ranked as (1 - w) logits + w est, in one pass over the vocabulary
-        new_att = att[..., None] + logits.gather(2, cand) - logits.logsumexp(-1, keepdim=True)  # (B, K, M)
-        if ctc is None:
-            joint = new_att
-        else:
-            r_cand, psi = ctc.score(r, last, cand, start=step)  # (B, K, M, T'+1, 2), (B, K, M)
-            psi = torch.where(cand == EOS, ctc.end(r)[..., None], psi)
-            joint = _mix(new_att, psi, w)
-        joint = joint.masked_fill((score == inf)[..., None], inf)  # (B, K, M)
-        joint_cpu, cand_cpu, score_cpu = joint.cpu(), cand.cpu(), score.cpu()  # the walk reads them one by one
-        picks, filled, going = [], [], []  # per new row: flat index into (B, K, M), whether it holds a hypothesis
-        for b, u in enumerate(live):
-            alive = _walk(b, joint_cpu, cand_cpu, tokens, finished[u], step, step < limit[u])
-            if step == limit[u]:  # out of tokens: the rows finish as they are
-                for k in range(K):
-                    if score_cpu[b, k] > inf:
-                        finished[u].add(tokens[b * K + k], float(score_cpu[b, k]), step)
-            if alive and not finished[u].full:
-                going.append(b)
-                picks += alive + [(b * K + k) * M for k in range(len(alive), K)]  # unused rows stay put
-                filled += [True] * len(alive) + [False] * (K - len(alive))
+        ranks = [s.rank() if s.weight != 0 else None for s in scorers]
+        cand = _weighted(scorers, ranks).topk(M, dim=-1).indices  # (B, K, M)
+        scores = [s.score(cand) for s in scorers]  # every scorer keeps its candidates' states, weighted or not
+        joint = _weighted(scorers, scores).masked_fill((score == inf)[..., None], inf)  # (B, K, M)
+        picks, filled, going = _choose(joint, cand, score, tokens, [finished[u] for u in live],
+                                       [limit[u] for u in live], step)
         if not going:
             break
         src = torch.tensor(picks, device=dev)  # (B'*K,): new row i continues candidate src[i]
-        rows = src // M  # the row (hypothesis) each new row continues
         new_tokens = cand.flatten()[src]  # (B'*K,)
         score = joint.flatten()[src].masked_fill(~torch.tensor(filled, device=dev), inf).view(-1, K)
-        att, last = new_att.flatten()[src].view(-1, K), new_tokens.view(-1, K)
-        if ctc is not None:
-            r = r_cand.flatten(0, 2)[src].view(-1, K, *r.shape[2:])
-        tokens = [tokens[row] + [c] for row, c in zip(rows.tolist(), new_tokens.tolist())]
-        if len(going) < B:  # finished utterances leave the batch: every slot of the rows that stay is copied
-            state.select(rows)
-            if ctc is not None:
-                ctc = ctc.select(torch.tensor(going, device=dev))
-            live = [live[b] for b in going]
-        else:
-            state.reorder(rows)
-        logits = state.step(new_tokens)
+        tokens = [tokens[row] + [c] for row, c in zip((src // M).tolist(), new_tokens.tolist())]
+        kept = torch.tensor(going, device=dev) if len(going) < len(live) else None
+        for s in scorers:
+            s.advance(src, new_tokens, tokens, kept)
+        live = [live[b] for b in going]
     return [f.best() for f in finished]
+
+
+def _choose(joint, cand, score, tokens, finished: list[Finished], limit: list[int], step: int):
+    """One step's survivors: per new row, a flat index into joint (B, K, M) and whether it holds a hypothesis,
+    and the utterances that go on. Rows out of tokens finish as they are; unused rows stay put."""
+    B, K, M = joint.shape
+    joint_cpu, cand_cpu, score_cpu = joint.cpu(), cand.cpu(), score.cpu()  # the walk reads them one by one
+    picks, filled, going = [], [], []
+    for b in range(B):
+        alive = _walk(b, joint_cpu, cand_cpu, tokens, finished[b], step, step < limit[b])
+        if step == limit[b]:  # out of tokens: the rows finish as they are
+            for k in range(K):
+                if score_cpu[b, k] > float("-inf"):
+                    finished[b].add(tokens[b * K + k], float(score_cpu[b, k]), step)
+        if alive and not finished[b].full:
+            going.append(b)
+            picks += alive + [(b * K + k) * M for k in range(len(alive), K)]
+            filled += [True] * len(alive) + [False] * (K - len(alive))
+    return picks, filled, going
 
 
 def _walk(b: int, joint, cand, tokens, finished: Finished, step: int, may_grow: bool) -> list[int]:

@@ -483,7 +483,8 @@ def check_plan(cfg: TrainConfig, dataset, n_batches, world, max_steps):
 @torch.no_grad()
 def validate(objective, loader, cfg, device, ctx, tokenizer, n_wer):
     """Mean validation loss over the whole set, and greedy WER/CER on the first n_wer utterances."""
-    from decode import ctc_greedy, greedy_batch
+    from ctc import ctc_greedy
+    from search import greedy_batch
     from wer import char_stats, word_stats
 
     model = objective.model

@@ -16,7 +16,9 @@ import decode
 from ctc import CTCPrefixScorer
 from mel import SAMPLE_RATE, batch_log_mel, log_mel_spectrogram
 from model import decoder_prompt
-from search import DecoderState, NoRepeatNGram, RepetitionPenalty, beam_search, greedy_tokens, reference_greedy
+import search
+from search import (CTCScorer, DecoderScorer, DecoderState, NoRepeatNGram, RepetitionPenalty, greedy_tokens,
+                    reference_greedy)
 from tokenizer import normalize
 
 from helpers import wave  # the `tiny` model folder is conftest.py's fixture
@@ -74,18 +76,20 @@ def test_reference_matches_naive_no_cache(tiny):
 
 
 def test_filters_match_transformers():
+    """One batch of rows with histories of every length 0..11 at once: each row as transformers filters it alone."""
     transformers = pytest.importorskip("transformers")
     g = torch.Generator().manual_seed(0)
-    for L in range(0, 12):
-        tokens = torch.randint(0, 6, (L,), generator=g).tolist()  # a small alphabet: repeats and trigrams
-        logits = torch.randn(1, 10, generator=g) * 3
-        want = transformers.RepetitionPenaltyLogitsProcessor(1.15)(torch.tensor([tokens], dtype=torch.long),
-                                                                    logits.clone())
-        want = transformers.NoRepeatNGramLogitsProcessor(3)(torch.tensor([tokens], dtype=torch.long), want)
-        got = logits[0].clone()
-        RepetitionPenalty(1.15).apply(got, tokens)
-        NoRepeatNGram(3).apply(got, tokens)
-        torch.testing.assert_close(got, want[0])
+    histories = [torch.randint(0, 3, (L,), generator=g).tolist() for L in range(12)]  # repeats and trigrams
+    logits = torch.randn(12, 10, generator=g) * 3
+    got = logits.clone()
+    RepetitionPenalty(1.15).apply(got, histories)
+    NoRepeatNGram(3).apply(got, histories)
+    for b, tokens in enumerate(histories):
+        ids = torch.tensor([tokens], dtype=torch.long)
+        want = transformers.RepetitionPenaltyLogitsProcessor(1.15)(ids, logits[b:b + 1].clone())
+        want = transformers.NoRepeatNGramLogitsProcessor(3)(ids, want)
+        torch.testing.assert_close(got[b], want[0])
+    assert torch.isinf(got).sum() >= 3  # trigram bans happened: the comparison covers them
 
 
 def test_reference_mode_cuts_at_15s_and_silence_is_bounded(tiny):
@@ -179,11 +183,40 @@ def test_batched_equals_one_at_a_time(tiny, mode):
     assert len({r["text"] for r in together}) >= 3  # the items differ: a mix-up between them would show
 
 
+def beam(tiny, audio, enc_len, k, max_tokens, ctc=None, ctc_weight=0.0, filters=()):
+    """Attention beam search, or joint CTC/attention search given a CTC prefix scorer."""
+    scorers = [DecoderScorer(tiny.llm, audio, enc_len, 1 - ctc_weight, filters)]
+    scorers += [CTCScorer(ctc, ctc_weight)] if ctc is not None else []
+    return search.beam_search(scorers, enc_len, k, max_tokens)
+
+
+class BanIds:
+    """A rule written for this test alone, in one place: these ids are never emitted."""
+
+    def __init__(self, ids):
+        self.ids = sorted(ids)
+
+    def apply(self, logits, tokens):
+        logits[:, self.ids] = float("-inf")
+
+
+@pytest.mark.parametrize("mode", ["greedy", "beam", "joint"])
+def test_a_logit_filter_added_in_one_place_holds_in_every_mode(tiny, monkeypatch, mode):
+    """decode.py builds its filters in one function (search.logit_filters); a rule added there is obeyed by
+    greedy, beam and joint search: banning every id a mode emitted makes it emit none of them."""
+    wavs = [wave(s, i) for i, s in enumerate([1.3, 2.7, 0.6])]
+    before = [t for t, _ in transcriber(tiny, mode=mode, beam_size=3, max_tokens=12)._decode_windows(wavs, False)]
+    emitted = {t for ids in before for t in ids}
+    assert len(emitted) >= 5
+    monkeypatch.setattr(decode, "logit_filters", lambda *a: [BanIds(emitted)])
+    after = [t for t, _ in transcriber(tiny, mode=mode, beam_size=3, max_tokens=12)._decode_windows(wavs, False)]
+    assert all(after) and not emitted & {t for ids in after for t in ids}
+
+
 def test_beam_of_one_is_greedy(tiny):
     audio, enc_len = audio_embeds(tiny)
     greedy = greedy_tokens(tiny.llm, audio, enc_len, max_tokens=20)
-    beam = beam_search(tiny.llm, audio, enc_len, beam=1, max_tokens=20)
-    assert beam == greedy and all(greedy)
+    assert beam(tiny, audio, enc_len, 1, 20) == greedy and all(greedy)
 
 
 def test_joint_with_ctc_weight_0_is_attention_beam_search(tiny):
@@ -191,11 +224,10 @@ def test_joint_with_ctc_weight_0_is_attention_beam_search(tiny):
     with torch.no_grad():
         lp = tiny.model.ctc_log_probs(tiny.model.encode(*mels())[0])
     for k in (2, 4):
-        beam = beam_search(tiny.llm, audio, enc_len, beam=k, max_tokens=15)
-        joint = beam_search(tiny.llm, audio, enc_len, beam=k, max_tokens=15, ctc=CTCPrefixScorer(lp, enc_len),
-                            ctc_weight=0.0)
-        assert joint == beam
-    assert beam != greedy_tokens(tiny.llm, audio, enc_len, 15)  # beam search found other hypotheses here
+        beam_only = beam(tiny, audio, enc_len, k, 15)
+        joint = beam(tiny, audio, enc_len, k, 15, ctc=CTCPrefixScorer(lp, enc_len), ctc_weight=0.0)
+        assert joint == beam_only
+    assert beam_only != greedy_tokens(tiny.llm, audio, enc_len, 15)  # beam search found other hypotheses here
 
 
 def spelled(tokens, frames, B=1, V=320, p=0.98):
@@ -212,10 +244,9 @@ def test_joint_follows_a_confident_ctc(tiny):
     audio, enc_len = audio_embeds(tiny, (1.0,))
     target = [17, 42, 42, 99, 5]  # a repeated label needs its blank in between
     lp = spelled(target, audio.shape[1])
-    got = beam_search(tiny.llm, audio, enc_len, beam=3, max_tokens=20, ctc=CTCPrefixScorer(lp, enc_len),
-                      ctc_weight=0.8)
+    got = beam(tiny, audio, enc_len, 3, 20, ctc=CTCPrefixScorer(lp, enc_len), ctc_weight=0.8)
     assert got == [target]
-    assert beam_search(tiny.llm, audio, enc_len, beam=3, max_tokens=20) != [target]
+    assert beam(tiny, audio, enc_len, 3, 20) != [target]
 
 
 def test_beam_and_joint_stay_within_the_frames(tiny):
