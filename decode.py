@@ -31,7 +31,7 @@ import torch
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
-from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, n_frames
+from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, load_audio, n_frames, normalize_level
 from search import beam_search, greedy_batch, greedy_tokens, length_runs, release_filters  # noqa: F401 (train.py: greedy_batch)
 from tokenizer import Tokenizer, normalize
 
@@ -145,6 +145,8 @@ class Transcriber:
         head runs only when something reads it (ctc and joint modes, word times): with the release's 100000 ids
         it costs about as much as the encoder.
         """
+        if self.model.level_dbfs is not None:  # the model folder's front end (as its training data were made)
+            wavs = [normalize_level(w, self.model.level_dbfs) for w in wavs]
         mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
         mels, lengths = mels.to(self.device, self.dtype), lengths.to(self.device)
         runs = length_runs(lengths)

@@ -6,6 +6,7 @@ torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mel
 at its default, then `log(clamp(mel, 1e-10))`. Both are re-derived here on plain torch.stft / conv1d, so torchaudio
 is never needed; tests/test_mel.py checks them against librosa and against analytic references.
 
+normalize_level() is an optional step before the log-mel (off for the release; a model folder turns it on).
 Not here: Whisper's features (log10, max-8 clamp, (x+4)/4), mean/variance normalisation, augmentation, VAD.
 """
 
@@ -31,6 +32,8 @@ N_FRAMES = N_SAMPLES // HOP_LENGTH  # 1500 frames: the stft gives 1501, training
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 LOWPASS_WIDTH = 6  # resampler: zero crossings of the sinc on each side (torchaudio's default)
 ROLLOFF = 0.99  # resampler: cutoff as a fraction of the lower Nyquist (torchaudio's default)
+LEVEL_DBFS = -20.0  # normalize_level's target RMS (1.0 = 0 dBFS): about the teaching data's level (median -20.8)
+MAX_LEVEL_GAIN_DB = 60.0  # normalize_level never amplifies more than this: near-silence stays near-silent
 
 
 class AudioError(ValueError):
@@ -125,6 +128,19 @@ def mel_filters(device=None) -> torch.Tensor:
     rise = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1] - hz[:-2])[:, None]  # (80, 201)
     fall = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:] - hz[1:-1])[:, None]  # (80, 201)
     return torch.clamp(torch.minimum(rise, fall), min=0.0).float().to(device)
+
+
+def normalize_level(wave: torch.Tensor, dbfs: float = LEVEL_DBFS) -> torch.Tensor:
+    """Scale a waveform (samples,) to an RMS of `dbfs` over the whole clip (a model folder's `level_dbfs` option).
+
+    The log-mel of g * x is the log-mel of x plus 2 ln g wherever the power is above the 1e-10 floor, and
+    unchanged where it is not (digital silence): without this, a model sees a level it never trained at as a shifted,
+    partly clamped input. Gain is capped at MAX_LEVEL_GAIN_DB; an all-zero clip comes back as it is.
+    """
+    rms = float(wave.double().square().mean().sqrt())
+    if rms == 0.0:
+        return wave
+    return wave * min(10 ** (dbfs / 20) / rms, 10 ** (MAX_LEVEL_GAIN_DB / 20))
 
 
 def n_frames(n_samples: int) -> int:
