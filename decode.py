@@ -143,7 +143,8 @@ class Transcriber:
 
         Encoded in runs of similar length (search.length_runs), then padded together for the decoder. The CTC
         head runs only when something reads it (ctc and joint modes, word times): with the release's 100000 ids
-        it costs about as much as the encoder.
+        it costs about as much as the encoder. A model folder with `level_dbfs` has each waveform (each window of a
+        long file) scaled to that RMS first, as its training data were.
         """
         if self.model.level_dbfs is not None:  # the model folder's front end (as its training data were made)
             wavs = [normalize_level(w, self.model.level_dbfs) for w in wavs]
