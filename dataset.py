@@ -6,7 +6,9 @@ Two sources (SPEC section 7):
   (relative audio paths are taken relative to the manifest's folder); features are computed in the DataLoader workers;
 - the release's parquet mel dataset (`mel` = np.save bytes of float16 (80, T), `text`, `duration`), via pyarrow.
 Augmentation as SPEC section 1: speed perturbation x{0.9, 1.0, 1.1} on raw audio, SpecAugment (2 frequency masks of
-width U[0, 27], 2 time masks of width U[0, 100], filled with 0.0). Each item's randomness comes from
+width U[0, 27], 2 time masks of width U[0, 100], filled with 0.0); beyond the release, augment.py's waveform ops
+(reverb, noise, telephone band, gain; babble from a small pool of the set's own utterances) and mel.normalize_level
+before the log-mel, when a model folder uses it. Each item's randomness comes from
 (seed, epoch, index), so a resumed run sees exactly the batches and masks an uninterrupted one would.
 A bad row (missing or unreadable audio, empty text, too long) becomes None and is counted, never a crash.
 """
@@ -22,10 +24,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from mel import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, resample, wav_shortfall
+from augment import AugmentConfig, augment
+from mel import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, resample, wav_shortfall
 from tokenizer import normalize
 
 MAX_TEXT_TOKENS = 255  # targets are cut to 255 ids (+ EOS) as in the original
+BABBLE_POOL = 32  # utterances held for babble noise: 3-5 of them summed; <= 32 x 15 s x 64 kB/s = 31 MB a worker
 
 
 def read_manifest(path):
@@ -113,10 +117,16 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
     Items are dicts {mel (80, T) float32, tokens LongTensor (n,), index} or None for a bad row.
     augment: SpecAugment; speed_perturb: x{0.9, 1.0, 1.1} on the waveform (audio manifests only).
+    wave_augment: augment.AugmentConfig of the waveform ops, applied after speed perturbation and the 15 s cut;
+    babble_pool: how many of the set's utterances babble noise draws its talkers from (loaded on first use).
+    level_dbfs: mel.normalize_level to this RMS just before the log-mel (None: off, as the release).
     """
 
-    def __init__(self, rows, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0, drop_tags=True):
+    def __init__(self, rows, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0, drop_tags=True,
+                 wave_augment: AugmentConfig | None = None, babble_pool=BABBLE_POOL, level_dbfs=None):
         self.tokenizer, self.augment, self.speed_perturb, self.seed = tokenizer, augment, speed_perturb, seed
+        self.wave_augment, self.babble_size, self.level_dbfs = wave_augment, babble_pool, level_dbfs
+        self.babble = None  # [(audio path, wave)]: loaded by the first item that needs it, in each worker
         self.max_frames = int(max_seconds * SAMPLE_RATE) // 160  # 15 s -> 1500 frames, as the original cut
         self.epoch = 0
         self.max_seconds = max_seconds
@@ -164,13 +174,34 @@ class SpeechDataset(torch.utils.data.Dataset):
     def generator(self, index):
         return torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) % 2**63)
 
+    def babble_talkers(self, path) -> list:
+        """Waves of the babble pool but `path`'s own: the same rows in every worker and epoch (drawn from the seed
+        alone), so resuming stays exact. Unreadable rows are left out of the pool."""
+        if self.babble is None:
+            picks = random.Random(self.seed).sample(range(len(self.rows)), min(self.babble_size, len(self.rows)))
+            self.babble = []
+            for i in sorted(picks):
+                try:
+                    p = self.rows[i]["audio_filepath"]
+                    self.babble.append((p, load_audio(p)[: self.max_frames * 160]))
+                except (AudioError, ValueError, RuntimeError):
+                    continue
+        return [w for p, w in self.babble if p != path]
+
     def load_mel(self, row, g):
         wav = load_audio(row["audio_filepath"])
         if self.speed_perturb:
             speed = [0.9, 1.0, 1.1][int(torch.randint(0, 3, (1,), generator=g))]
             if speed != 1.0:  # play faster/slower: read as if sampled at sr*speed
                 wav = resample(wav, int(SAMPLE_RATE * speed), SAMPLE_RATE)
-        return log_mel_spectrogram(wav[: int(self.max_frames * 160)])
+        wav = wav[: int(self.max_frames * 160)]
+        cfg = self.wave_augment
+        if cfg is not None and cfg.enabled():
+            babble = cfg.p_noise > 0 and cfg.p_babble > 0
+            wav = augment(wav, g, cfg, self.babble_talkers(row["audio_filepath"]) if babble else ())
+        if self.level_dbfs is not None:
+            wav = normalize_level(wav, self.level_dbfs)
+        return log_mel_spectrogram(wav)
 
     def __getitem__(self, index):
         row, g = self.rows[index], self.generator(index)
@@ -191,7 +222,10 @@ class SpeechDataset(torch.utils.data.Dataset):
 class ParquetMelDataset(SpeechDataset):
     """The release's precomputed mels (SPEC section 7): `mel` holds np.save bytes of float16 (80, T)."""
 
-    def __init__(self, files, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0):
+    def __init__(self, files, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0,
+                 wave_augment=None, level_dbfs=None):
+        if level_dbfs is not None:  # decoding would normalise audio these mels never saw normalised
+            raise ValueError(f"{files[0]}: level normalisation needs audio, not precomputed mels (drop --level-norm)")
         try:
             import pyarrow.parquet as pq
         except ImportError:
@@ -210,8 +244,8 @@ class ParquetMelDataset(SpeechDataset):
                                    table["duration"].to_pylist()), 1)]
         super().__init__(rows, tokenizer, max_seconds, augment, False, seed)  # mels: no speed perturbation
 
-    def load_mel(self, row, g):
-        return torch.from_numpy(np.load(io.BytesIO(row["mel"])).astype(np.float32))  # no speed perturbation
+    def load_mel(self, row, g):  # no speed perturbation nor waveform augmentation: there is no waveform
+        return torch.from_numpy(np.load(io.BytesIO(row["mel"])).astype(np.float32))
 
     def drop_unreadable(self):
         """As SpeechDataset's, on the np.save header of each row's mel (the array itself is not read)."""

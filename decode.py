@@ -35,7 +35,8 @@ import torch
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
-from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames
+from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames,
+                 normalize_level
 from search import (CTCScorer, DecoderScorer, beam_search, greedy_tokens, length_runs, logit_filters,
                     release_filters)
 from tokenizer import Tokenizer, normalize
@@ -178,8 +179,11 @@ class Transcriber:
 
         Encoded in runs of similar length (search.length_runs), then padded together for the decoder. The CTC
         head runs only when something reads it (ctc and joint modes, word times): with the release's 100000 ids
-        it costs about as much as the encoder.
+        it costs about as much as the encoder. A model folder with `level_dbfs` has each waveform (each window of a
+        long file) scaled to that RMS first, as its training data were.
         """
+        if self.model.level_dbfs is not None:  # the model folder's front end (as its training data were made)
+            wavs = [normalize_level(w, self.model.level_dbfs) for w in wavs]
         mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
         mels, lengths = mels.to(self.device, self.dtype), lengths.to(self.device)
         runs = length_runs(lengths)

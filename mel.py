@@ -8,6 +8,7 @@ release was trained on: torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=40
 at its default, then `log(clamp(mel, 1e-10))`. Both are re-derived here on plain torch.stft / conv1d, so torchaudio
 is never needed; tests/test_mel.py checks them against librosa and against analytic references.
 
+normalize_level() is an optional step before the log-mel (off for the release; a model folder turns it on).
 Not here: Whisper's features (log10, max-8 clamp, (x+4)/4), mean/variance normalisation, augmentation, VAD.
 """
 
@@ -39,6 +40,8 @@ ROLLOFF = 0.99  # resampler: cutoff as a fraction of the lower Nyquist (torchaud
 MAX_KERNEL = 1 << 20  # resampler: most values in one polyphase kernel (4 MB); 44.1 kHz needs 76k, 22.05 kHz 147k
 MIN_RATE, MAX_RATE = 1000, 768000  # sample rates a file may have (Hz): anything else is a broken header
 MAX_SECONDS = 12 * 3600  # the longest audio a file may claim: a header promising days is a broken one
+LEVEL_DBFS = -20.0  # normalize_level's target RMS (1.0 = 0 dBFS): about the teaching data's level (median -20.8)
+MAX_LEVEL_GAIN_DB = 60.0  # normalize_level never amplifies more than this: near-silence stays near-silent
 
 
 class AudioError(ValueError):
@@ -274,6 +277,19 @@ def mel_filters(device=None) -> torch.Tensor:
     rise = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1] - hz[:-2])[:, None]  # (80, 201)
     fall = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:] - hz[1:-1])[:, None]  # (80, 201)
     return torch.clamp(torch.minimum(rise, fall), min=0.0).float().to(device)
+
+
+def normalize_level(wave: torch.Tensor, dbfs: float = LEVEL_DBFS) -> torch.Tensor:
+    """Scale a waveform (samples,) to an RMS of `dbfs` over the whole clip (a model folder's `level_dbfs` option).
+
+    The log-mel of g * x is the log-mel of x plus 2 ln g wherever the power is above the 1e-10 floor, and
+    unchanged where it is not (digital silence): without this, a model sees a level it never trained at as a shifted,
+    partly clamped input. Gain is capped at MAX_LEVEL_GAIN_DB; an all-zero clip comes back as it is.
+    """
+    rms = float(wave.double().square().mean().sqrt())
+    if rms == 0.0:
+        return wave
+    return wave * min(10 ** (dbfs / 20) / rms, 10 ** (MAX_LEVEL_GAIN_DB / 20))
 
 
 def n_frames(n_samples: int) -> int:

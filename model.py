@@ -9,7 +9,8 @@ Two ways in (SPEC section 8):
   under `llm.`), dimensions inferred from its shapes, names checked strictly, the decoder's vocabulary
   extended with the release's frozen mean rows (SPEC section 3 quirk).
 - `save_model` / `load_model`: our own self-describing model folder
-      config.json        encoder config, vocabulary size, how the decoder vocabulary was extended
+      config.json        encoder config, vocabulary size, how the decoder vocabulary was extended,
+                         level_dbfs when the front end normalises the level (mel.normalize_level)
       model.safetensors  every tensor the decoder folder does not hold
       tokenizer.model    (or tokenizer.json)
       decoder/           the frozen Llama in Hugging Face format (or a path to one in config.json)
@@ -89,6 +90,7 @@ class ASRModel(nn.Module):
         self.ctc_head = nn.Linear(enc_cfg.dim, vocab_size)  # on the encoder output, blank id 0
         self.llm = llm
         self.vocab_size = vocab_size
+        self.level_dbfs = None  # front end: mel.normalize_level to this RMS before the log-mel; None (the release): off
 
     def forward(self, mel, mel_lengths=None, tokens=None, token_lengths=None) -> ASROutput:
         """The whole model as training sees it (the README's box): audio -> CTC log-probs, and, given the
@@ -223,6 +225,8 @@ def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decod
         config = dict(format="sozkz-asr", encoder=model.encoder.cfg.to_dict(), vocab_size=model.vocab_size,
                       base_vocab_size=model.llm.config.vocab_size,
                       extra_rows_trainable=any(p.requires_grad for p in extra_rows(model.llm)))
+        if model.level_dbfs is not None:  # absent: no normalisation, so older folders decode as they always did
+            config["level_dbfs"] = model.level_dbfs
         if tokenizer is not None:
             shutil.copy(tokenizer, tmp / Path(tokenizer).name)
             config["tokenizer"] = Path(tokenizer).name
@@ -310,6 +314,7 @@ def load_model(folder, dtype=torch.float32, device="cpu", decoder=None) -> ASRMo
     sd = read_safetensors(str(weights))
     check_state_dict(model.own_state_dict(), sd, weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
+    model.level_dbfs = config.get("level_dbfs")
     model.llm.freeze()  # inference: nothing trains; train.py re-enables what it trains
     return model.to(device=device).eval()
 

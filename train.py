@@ -39,9 +39,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from augment import AugmentConfig
 from dataset import BatchSampler, collate, open_dataset
 from decoder import load_llama
 from encoder import ENCODER_PRESETS, EncoderConfig
+from mel import LEVEL_DBFS
 from model import ASRModel, extra_rows, load_model, save_model
 from tokenizer import Tokenizer
 
@@ -80,6 +82,15 @@ class TrainConfig:
     # augmentation (SPEC section 1)
     speed_perturb: bool = arg(True, "speed perturbation x{0.9, 1.0, 1.1} (audio manifests only)")
     spec_augment: bool = arg(True, "SpecAugment: 2 frequency masks <= 27 bins, 2 time masks <= 100 frames")
+    # waveform augmentation (augment.py; not in the release, so 0 here): probability of each op, applied in this order
+    aug_reverb: float = arg(0.0, "probability of a synthetic room: RT60 0.2-0.8 s, direct-to-reverberant 0-10 dB")
+    aug_noise: float = arg(0.0, "probability of noise at 5-30 dB SNR: white, pink or brown, or (1 in 4) babble of "
+                                "3-5 other utterances")
+    aug_telephone: float = arg(0.0, "probability of a telephone line: to 8 kHz and back, band-passed to ~300-3400 Hz")
+    aug_gain: float = arg(0.0, "probability of a gain uniform in +-aug_gain_db dB (float, not clipped)")
+    aug_gain_db: float = arg(20.0, "range of that gain in dB")
+    level_norm: bool = arg(False, f"scale each utterance to {LEVEL_DBFS:g} dBFS RMS before the log-mel; stored in the "
+                                  "model folder (config.json level_dbfs), so decoding does the same (release: off)")
     bucket: bool = arg(True, "length-bucketed batches (less padding)")
     # running
     device: str = arg("auto", "auto (cuda if present), cuda or cpu")
@@ -105,8 +116,11 @@ PRESETS = {
     "300m": dict(encoder="300m"),  # the dataclass defaults are the released recipe
     # the teaching model: a few thousand synthetic utterances on a laptop CPU (README: how it was trained)
     "teach": dict(encoder="teach", batch_size=32, grad_accum=1, lr=2e-3, warmup=0.05, epochs=4, max_seconds=15.0,
-                  spec_augment=False, speed_perturb=True, save_every=200, eval_every=200, eval_wer=60,
-                  num_workers=1),
+                  spec_augment=True, speed_perturb=True, save_every=200, eval_every=200, eval_wer=60,
+                  num_workers=1,
+                  # robustness to level, noise, 8 kHz and rooms; under --level-norm the gain is a no-op (it is
+                  # normalised away) kept for --no-level-norm runs, where it is what teaches level invariance
+                  aug_reverb=0.3, aug_noise=0.5, aug_telephone=0.15, aug_gain=0.8, level_norm=True),
 }
 
 
@@ -218,6 +232,7 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     for layer in model.encoder.layers:
         layer.dropout = cfg.dropout
     model.encoder.grad_checkpointing = cfg.grad_checkpointing
+    model.level_dbfs = LEVEL_DBFS if cfg.level_norm else None  # saved in config.json: decoding normalises the same
     model.requires_grad_(False)
     trained = [model.encoder, model.ctc_head] + ([model.projector] if cfg.stage == "e2e" else [])
     for part in trained:
@@ -550,8 +565,11 @@ def train(cfg: TrainConfig):
 
     # data and model
     tokenizer = Tokenizer.load(cfg.tokenizer)
-    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed)
-    train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb, **audio)
+    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None)
+    wave_augment = AugmentConfig(p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise, p_telephone=cfg.aug_telephone,
+                                 p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
+    train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb,
+                             wave_augment=wave_augment if wave_augment.enabled() else None, **audio)
     valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
     out = Path(cfg.out)
     if master:
