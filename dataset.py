@@ -25,7 +25,8 @@ import soundfile as sf
 import torch
 
 from augment import AugmentConfig, augment
-from mel import SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, resample, wav_shortfall
+from mel import (SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, resample,
+                 wav_shortfall)
 from tokenizer import normalize
 
 MAX_TEXT_TOKENS = 255  # targets are cut to 255 ids (+ EOS) as in the original

@@ -35,8 +35,8 @@ import torch
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from encoder import subsampled_lengths
-from mel import N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames,
-                 normalize_level
+from mel import (N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames,
+                 normalize_level)
 from search import (CTCScorer, DecoderScorer, beam_search, greedy_tokens, length_runs, logit_filters,
                     release_filters)
 from tokenizer import Tokenizer, normalize
