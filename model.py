@@ -270,6 +270,10 @@ def read_config(folder) -> dict:
             raise CheckpointError(f"{path}: {key} is {v!r}, expected {kind.__name__}")
     if config["vocab_size"] < 1:
         raise CheckpointError(f"{path}: vocab_size {config['vocab_size']} is not positive")
+    level = config.get("level_dbfs")  # absent or null: no level normalisation
+    if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float))
+                              or not -100 <= level <= 0):
+        raise CheckpointError(f"{path}: level_dbfs is {level!r}, expected a number of dBFS in [-100, 0]")
     encoder_config(config["encoder"], path)
     return config
 

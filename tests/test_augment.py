@@ -250,6 +250,11 @@ def test_level_norm_is_a_model_folder_option_used_by_decoding(tiny, tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["level_dbfs"] == LEVEL_DBFS
     normed = load_model(tmp_path / "m")
     assert normed.level_dbfs == LEVEL_DBFS
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    for bad in ("loud", float("nan"), 3.0, True):
+        (tmp_path / "m" / "config.json").write_text(json.dumps({**config, "level_dbfs": bad}))
+        with pytest.raises(ValueError, match="level_dbfs"):
+            load_model(tmp_path / "m")
     x = speech(1.5)
     enc = {}
     for name, m in [("off", load_model(tiny.folder)), ("on", normed)]:
