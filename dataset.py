@@ -99,10 +99,13 @@ def audio_problem(path):
     return None, info.frames / info.samplerate
 
 
-def spec_augment(mel, g: torch.Generator, n_freq=2, freq_width=27, n_time=2, time_width=100):
-    """Mask random bands of a (n_mels, T) log-mel with 0.0 (SpecAugment without time warping)."""
+def spec_augment(mel, g: torch.Generator, n_freq=2, freq_width=27, n_time=2, time_width=100,
+                 max_time_fraction=1.0):
+    """Mask random bands of a (n_mels, T) log-mel with 0.0 (SpecAugment without time warping). A time mask is also
+    at most max_time_fraction of T: the release's 100 frames would blank a third of a 2.4 s clip with two masks."""
     mel = mel.clone()
     n_mels, T = mel.shape
+    time_width = min(time_width, int(max_time_fraction * T))
     for n, width, size in [(n_freq, freq_width, n_mels), (n_time, time_width, T)]:
         for _ in range(n):
             w = int(torch.randint(0, width + 1, (1,), generator=g))
@@ -124,8 +127,10 @@ class SpeechDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, rows, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0, drop_tags=True,
-                 wave_augment: AugmentConfig | None = None, babble_pool=BABBLE_POOL, level_dbfs=None):
+                 wave_augment: AugmentConfig | None = None, babble_pool=BABBLE_POOL, level_dbfs=None,
+                 spec_time_fraction=1.0):
         self.tokenizer, self.augment, self.speed_perturb, self.seed = tokenizer, augment, speed_perturb, seed
+        self.spec_time_fraction = spec_time_fraction
         self.wave_augment, self.babble_size, self.level_dbfs = wave_augment, babble_pool, level_dbfs
         self.babble = None  # [(audio path, wave)]: loaded by the first item that needs it, in each worker
         self.max_frames = int(max_seconds * SAMPLE_RATE) // 160  # 15 s -> 1500 frames, as the original cut
@@ -213,7 +218,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         if mel.shape[1] < 4:
             return None
         if self.augment:
-            mel = spec_augment(mel, g)
+            mel = spec_augment(mel, g, max_time_fraction=self.spec_time_fraction)
         tokens = self.tokenizer.encode(row["text"])[:MAX_TEXT_TOKENS]
         if not tokens:
             return None
@@ -224,7 +229,7 @@ class ParquetMelDataset(SpeechDataset):
     """The release's precomputed mels (SPEC section 7): `mel` holds np.save bytes of float16 (80, T)."""
 
     def __init__(self, files, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0,
-                 wave_augment=None, level_dbfs=None):
+                 wave_augment=None, level_dbfs=None, spec_time_fraction=1.0):
         if level_dbfs is not None:  # decoding would normalise audio these mels never saw normalised
             raise ValueError(f"{files[0]}: level normalisation needs audio, not precomputed mels (drop --level-norm)")
         try:
@@ -243,7 +248,8 @@ class ParquetMelDataset(SpeechDataset):
             rows += [dict(mel=m, text=t, duration=d, _source=str(f), _line=n) for n, (m, t, d) in
                      enumerate(zip(table["mel"].to_pylist(), table["text"].to_pylist(),
                                    table["duration"].to_pylist()), 1)]
-        super().__init__(rows, tokenizer, max_seconds, augment, False, seed)  # mels: no speed perturbation
+        super().__init__(rows, tokenizer, max_seconds, augment, False, seed,  # mels: no speed perturbation
+                         spec_time_fraction=spec_time_fraction)
 
     def load_mel(self, row, g):  # no speed perturbation nor waveform augmentation: there is no waveform
         return torch.from_numpy(np.load(io.BytesIO(row["mel"])).astype(np.float32))

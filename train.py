@@ -82,6 +82,8 @@ class TrainConfig:
     # augmentation (SPEC section 1)
     speed_perturb: bool = arg(True, "speed perturbation x{0.9, 1.0, 1.1} (audio manifests only)")
     spec_augment: bool = arg(True, "SpecAugment: 2 frequency masks <= 27 bins, 2 time masks <= 100 frames")
+    spec_time_fraction: float = arg(1.0, "SpecAugment: each time mask also <= this fraction of the clip "
+                                         "(1: the release's 100 frames alone)")
     # waveform augmentation (augment.py; not in the release, so 0 here): probability of each op, applied in this order
     aug_reverb: float = arg(0.0, "probability of a synthetic room: RT60 0.2-0.8 s, direct-to-reverberant 0-10 dB")
     aug_noise: float = arg(0.0, "probability of noise at 5-30 dB SNR: white, pink or brown, or (1 in 4) babble of "
@@ -116,7 +118,7 @@ PRESETS = {
     "300m": dict(encoder="300m"),  # the dataclass defaults are the released recipe
     # the teaching model: a few thousand synthetic utterances on a laptop CPU (README: how it was trained)
     "teach": dict(encoder="teach", batch_size=32, grad_accum=1, lr=2e-3, warmup=0.05, epochs=4, max_seconds=15.0,
-                  spec_augment=True, speed_perturb=True, save_every=200, eval_every=200, eval_wer=60,
+                  spec_augment=True, spec_time_fraction=0.1, speed_perturb=True, save_every=200, eval_every=200, eval_wer=60,
                   num_workers=1,
                   # robustness to level, noise, 8 kHz and rooms; under --level-norm the gain is a no-op (it is
                   # normalised away) kept for --no-level-norm runs, where it is what teaches level invariance
@@ -569,6 +571,7 @@ def train(cfg: TrainConfig):
     wave_augment = AugmentConfig(p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise, p_telephone=cfg.aug_telephone,
                                  p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb,
+                             spec_time_fraction=cfg.spec_time_fraction,
                              wave_augment=wave_augment if wave_augment.enabled() else None, **audio)
     valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
     out = Path(cfg.out)

@@ -277,3 +277,15 @@ def test_release_preset_is_unaugmented_and_teaching_preset_is_augmented():
     off = T.parse_args(["--preset", "teach", "--train", "t.jsonl", "--tokenizer", "t.model", "--aug-noise", "0",
                         "--no-level-norm"])
     assert off.aug_noise == 0 and not off.level_norm
+
+
+def test_spec_augment_time_masks_respect_the_clip_fraction():
+    from dataset import spec_augment
+
+    mel = torch.ones(80, 240)  # a 2.4 s clip
+    for seed in range(30):
+        cut = spec_augment(mel, torch.Generator().manual_seed(seed), n_freq=0, max_time_fraction=0.1)
+        assert (cut[0] == 0).sum() <= 2 * 24  # two masks of at most 10 % of 240 frames
+    widest = max(int((spec_augment(mel, torch.Generator().manual_seed(s), n_freq=0)[0] == 0).sum())
+                 for s in range(30))
+    assert widest > 48  # uncapped (the release's 100 frames), the masks do cover more
