@@ -14,8 +14,8 @@ An utterance's figure is four stacked panels on one time axis (seconds from the 
      attention mass on audio, the rest went to the text before it
   4. a caption: model, decoding mode, text
 A training log's figure: loss with its CE and CTC parts and the validation loss; learning rate; gradient norm;
-validation WER and CER; and the "does the decoder listen" gap (CE on shuffled audio minus CE on its own audio,
-nats/token) when the log has it.
+validation WER and CER; and the "does the decoder listen" gap (the CE difference between each utterance's own
+audio and shuffled audio, nats/token; 0 when the decoder ignores the audio) when the log has it.
 
 A figure's data is computed by `utterance_data` / `curve_data` as plain numpy arrays and dicts (what the tests
 check), and drawn by `draw_utterance` / `draw_curves`. A file longer than one decoding window is drawn one
@@ -52,7 +52,8 @@ CURVE_PANELS = (
     ("learning rate", "lr", ("lr",)),
     ("gradient norm (before clipping)", "norm", ("grad_norm",)),
     ("validation error", "rate", ("valid_wer", "valid_cer")),
-    ("does the decoder listen: CE(shuffled audio) - CE(own audio)", "nats/token", ("valid_listen_gap",)),
+    ("does the decoder listen: CE gap, own vs shuffled audio (0: it ignores the audio)", "nats/token",
+     ("valid_listen_gap",)),
 )
 
 
@@ -180,7 +181,7 @@ def utterance_data(transcriber, path, start: float = 0.0, layer: int | None = No
 def draw_utterance(d: dict):
     """The four panels of utterance_data -> a matplotlib Figure."""
     n_rows = len(d["tokens"]) + 1
-    fig, axes = plt.subplots(4, 1, figsize=(max(8.0, 2.2 * d["duration"] + 2), 8.5 + 0.09 * n_rows),
+    fig, axes = plt.subplots(4, 1, figsize=(max(10.0, 2.2 * d["duration"] + 2), 8.5 + 0.09 * n_rows),
                              gridspec_kw=dict(height_ratios=[3, 2, 2.5 + 0.1 * n_rows, 0.8]))
     spec, ctc, att, cap = axes
     t0, t1 = d["offset"], d["offset"] + d["duration"]
@@ -212,10 +213,9 @@ def draw_utterance(d: dict):
                norm=matplotlib.colors.PowerNorm(0.5, vmin=0), extent=(d["offset"], frame_end, n_rows - 0.5, -0.5))
     step = max(1, math.ceil(n_rows / 60))  # at most ~60 labels
     att.set_yticks(range(0, n_rows, step), d["token_labels"][::step], fontsize=7)
-    which = "averaged over layers" if d["layer"] is None else f"layer {d['layer']} of {d['n_layers']}"
+    which = f"mean of {d['n_layers']} layers" if d["layer"] is None else f"layer {d['layer']}"
     att.set(xlabel="seconds", ylabel="output token",
-            title=f"decoder attention to the audio ({d['n_heads']} heads averaged, {which}; colour: sqrt); "
-                  "right: mass on audio")
+            title=f"decoder attention to the audio ({which}, {d['n_heads']} heads, sqrt colours); right: mass on audio")
     mass = att.twinx()
     mass.set_ylim(att.get_ylim())
     mass.set_yticks(range(0, n_rows, step), [f"{1 - m:.2f}" for m in d["text_mass"][::step]], fontsize=6)
