@@ -14,8 +14,8 @@ An utterance's figure is four stacked panels on one time axis (seconds from the 
      attention mass on audio, the rest went to the text before it
   4. a caption: model, decoding mode, text
 A training log's figure: loss with its CE and CTC parts and the validation loss; learning rate; gradient norm;
-validation WER and CER; and the "does the decoder listen" gap (the CE difference between each utterance's own
-audio and shuffled audio, nats/token; 0 when the decoder ignores the audio) when the log has it.
+validation WER and CER; and, when the log has them, the validation CE after each utterance's own audio and after
+another's, and their gap (listen.py: shuffled - own, nats/token; 0 when the decoder ignores the audio).
 
 A figure's data is computed by `utterance_data` / `curve_data` as plain numpy arrays and dicts (what the tests
 check), and drawn by `draw_utterance` / `draw_curves`. A file longer than one decoding window is drawn one
@@ -39,9 +39,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import longform  # noqa: E402
-from ctc import BLANK, CTCPrefixScorer, ctc_greedy  # noqa: E402
-from decode import DEFAULT_MODEL, _load, add_decoding_args, greedy_or_beam, load  # noqa: E402
+from ctc import BLANK, ctc_greedy  # noqa: E402
+from decode import DEFAULT_MODEL, _load, add_decoding_args, load, search  # noqa: E402
 from mel import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioError, log_mel_spectrogram  # noqa: E402
+from model import decoder_prompt, predicting_positions  # noqa: E402
 from search import greedy_tokens, release_filters  # noqa: E402
 from tokenizer import normalize  # noqa: E402
 
@@ -52,7 +53,9 @@ CURVE_PANELS = (
     ("learning rate", "lr", ("lr",)),
     ("gradient norm (before clipping)", "norm", ("grad_norm",)),
     ("validation error", "rate", ("valid_wer", "valid_cer")),
-    ("does the decoder listen: CE gap, own vs shuffled audio (0: it ignores the audio)", "nats/token",
+    ("validation CE of the transcripts after their own audio and after another's (listen.py)", "nats/token",
+     ("valid_ce_own", "valid_ce_shuffled")),
+    ("does the decoder listen: CE(shuffled audio) - CE(own audio); 0: it ignores the audio", "nats/token",
      ("valid_listen_gap",)),
 )
 
@@ -74,11 +77,7 @@ def read_window(path, start: float, window: float) -> tuple[torch.Tensor, float,
     if not 0 <= start < n / SAMPLE_RATE:
         raise AudioError(f"{path}: --start {start:g} is outside the audio (0 to {n / SAMPLE_RATE:.2f} s)")
     first = round(start * SAMPLE_RATE)
-    if first == 0 and n <= round(window * SAMPLE_RATE):
-        return _load(str(path)), 0.0, n / SAMPLE_RATE
-    windows = longform.AudioWindows(path, window, 0.0)
-    windows.starts = [first]  # read this one window, wherever it starts
-    (_, wav), = windows
+    (_, wav), = longform.AudioWindows(path, window, 0.0, starts_of=lambda _: [first])  # this window alone
     return _load(wav), first / SAMPLE_RATE, n / SAMPLE_RATE
 
 
@@ -95,8 +94,7 @@ def decode_window(transcriber, wav: torch.Tensor):
     elif o.mode == "reference":
         tokens = greedy_tokens(llm, audio, enc_len, o.max_tokens, release_filters())[0]
     else:
-        scorer = CTCPrefixScorer(log_probs, enc_len) if o.mode == "joint" else None
-        tokens = greedy_or_beam(llm, audio, enc_len, o, scorer)[0]
+        tokens = search(llm, audio, enc_len, log_probs, o, transcriber.filters)[0]
     return tokens, log_probs[0], audio[0]
 
 
@@ -105,18 +103,21 @@ def decoder_attention(llm, audio: torch.Tensor, tokens: list[int], layer: int | 
     """Attention of the outputs that predict each token (then EOS) over [audio | text], teacher-forced.
 
     audio (T', d) embeddings, tokens [L] -> (L+1, T') mass on each audio frame and (L+1,) mass on the text,
-    averaged over heads, and over layers unless `layer` is given. The output at slot T'-1+k predicts token k
-    (train.ce_loss), so row k is that slot's query. Memory: layers x heads x (T'+L)^2 floats (the release, 15 s
+    averaged over heads, and over layers unless `layer` is given. Row k is the query of the slot whose output
+    predicts token k (model.predicting_positions: the last audio frame, then each text slot). Memory: layers x heads x (T'+L)^2 floats (the release, 15 s
     and 256 tokens: 18 x 16 x 631^2, ~0.5 GB).
     """
     Ta = audio.shape[0]
+    prompt, _ = decoder_prompt(llm, audio[None], None)  # (1, P, d)
+    if prompt.shape[1] != Ta:
+        raise ValueError(f"the decoder's prompt has {prompt.shape[1]} slots, not the {Ta} audio frames alone")
     ids = torch.tensor([tokens], dtype=torch.long, device=audio.device)
-    x = torch.cat([audio[None], llm.embed(ids).to(audio.dtype)], dim=1)  # (1, T'+L, d)
+    x = torch.cat([prompt, llm.embed(ids).to(prompt.dtype)], dim=1)  # (1, T'+L, d)
     probs = []
     llm(x, attn_probs=probs)  # one (1, H, T'+L, T'+L) per layer
     p = torch.stack([q[0].mean(0) for q in probs])  # (layers, T'+L, T'+L): heads averaged
     p = p.mean(0) if layer is None else p[layer]
-    rows = p[Ta - 1:]  # (L+1, T'+L)
+    rows = p[predicting_positions(None, Ta, len(tokens))[0].to(p.device)]  # (L+1, T'+L)
     return rows[:, :Ta].cpu().numpy(), rows[:, Ta:].sum(-1).cpu().numpy()
 
 
@@ -295,7 +296,7 @@ def draw_curves(d: dict, title: str = ""):
             ax.plot(steps, values, marker="o" if valid else None, ms=3, lw=1.2, label=key)
         if panel["ylabel"] == "nats" and all((v > 0).all() for _, v in panel["series"].values()):
             ax.set_yscale("log")  # CTC starts tens of times above where it ends
-        if panel["ylabel"] == "nats/token":
+        if panel["series"].keys() == {"valid_listen_gap"}:
             ax.axhline(0, color="0.5", lw=0.8, ls="--")  # 0: the decoder ignores the audio
         ax.set(title=panel["title"], ylabel=panel["ylabel"])
         ax.legend(fontsize=8, loc="best")
@@ -303,7 +304,7 @@ def draw_curves(d: dict, title: str = ""):
     axes[-1, 0].set_xlabel("optimiser step")
     note = f" (all zero, not drawn: {', '.join(d['left_out'])})" if d["left_out"] else ""
     fig.suptitle(title + note, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # room for the suptitle
     return fig
 
 

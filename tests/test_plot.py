@@ -194,25 +194,30 @@ def test_one_curve_per_logged_series(run_log):
     d = plot.curve_data(records)
     drawn = {k: v for p in d["panels"] for k, v in p["series"].items()}
     logged = {k for r in records for k in r if k in {k for *_, ks in plot.CURVE_PANELS for k in ks}}
-    assert set(drawn) == logged >= {"loss", "ce", "ctc", "lr", "grad_norm", "valid_loss", "valid_wer"}
-    assert "valid_listen_gap" not in drawn  # not in this log: no panel for it
+    assert set(drawn) == logged >= {"loss", "ce", "ctc", "lr", "grad_norm", "valid_loss", "valid_wer",
+                                    "valid_listen_gap", "valid_ce_own", "valid_ce_shuffled"}
     steps, values = drawn["loss"]
     assert steps.tolist() == [1, 2, 3, 4] and values.tolist() == [r["loss"] for r in records if "loss" in r]
     assert drawn["valid_loss"][0].tolist() == [2, 4]
     fig = plot.draw_curves(d)
-    assert [len(ax.get_lines()) for ax in fig.axes] == [len(p["series"]) for p in d["panels"]]
+    curves = [[line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] for ax in fig.axes]
+    assert curves == [list(p["series"]) for p in d["panels"]]  # the 0 line of the listen gap is unlabelled
     plot.plt.close(fig)
 
 
 def test_listen_gap_resumed_steps_and_zero_series(run_log, tmp_path):
     records = plot.read_log(run_log)
+    titles = [p["title"] for p in plot.curve_data(records)["panels"]]
+    assert len(titles) == 6 and titles[-1].startswith("does the decoder listen")
+    no_gap = [{k: v for k, v in r.items() if "listen" not in k and "valid_ce" not in k} for r in records]
+    assert len(plot.curve_data(no_gap)["panels"]) == 4  # a log without it (a CTC run): no panels for it
     more = [dict(step=2, loss=9.0), dict(step=4, valid_listen_gap=0.25), dict(step=2, valid_listen_gap=-0.5)]
     d = plot.curve_data(records + more)
     drawn = {k: v for p in d["panels"] for k, v in p["series"].items()}
     assert drawn["loss"][1][1] == 9.0  # a step logged again after --resume: the later value
     assert drawn["valid_listen_gap"][0].tolist() == [2, 4] and drawn["valid_listen_gap"][1].tolist() == [-0.5, 0.25]
     fig = plot.draw_curves(d)
-    assert len(fig.axes) == len(d["panels"]) == 5
+    assert len(fig.axes) == len(d["panels"]) == 6
     plot.plt.close(fig)
     ctc_stage = [dict(r, ce=0.0) for r in records if "loss" in r]
     assert plot.curve_data(ctc_stage)["left_out"] == ["ce"]
