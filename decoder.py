@@ -243,8 +243,12 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask, is_causal: bool, start: int, cache: KVCache | None):
-        """(B, T, dim) -> (B, T, dim); with a cache, attends to every slot written so far."""
+    def forward(self, x, cos, sin, mask, is_causal: bool, start: int, cache: KVCache | None, probs=None):
+        """(B, T, dim) -> (B, T, dim); with a cache, attends to every slot written so far.
+
+        probs: a list to append this layer's attention probabilities (B, H, T, S) float32 to (plot.py); the
+        explicit softmax then replaces SDPA, which never forms them.
+        """
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, KVH, T, hd)
@@ -253,9 +257,24 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(start, k, v)  # (B, KVH, S, hd)
         n_rep = self.n_heads // self.n_kv_heads
-        o = F.scaled_dot_product_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep),
-                                           attn_mask=mask, is_causal=is_causal)  # (B, H, T, hd)
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, hd)
+        if probs is None:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, T, hd)
+        else:
+            p = attention_probs(q, k, mask, is_causal)  # (B, H, T, S)
+            probs.append(p)
+            o = p.to(v.dtype) @ v  # (B, H, T, hd)
         return self.wo(o.transpose(1, 2).reshape(B, T, -1))
+
+
+def attention_probs(q, k, mask, is_causal: bool):
+    """softmax(q k^T / sqrt(hd)) in float32 (B, H, T, S), masked as SDPA's attn_mask (True = attend) / is_causal."""
+    scores = (q.float() @ k.float().transpose(-2, -1)) / q.shape[-1] ** 0.5  # (B, H, T, S)
+    if is_causal:  # SDPA's flag: query i sees keys 0..i (T == S here)
+        mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1)
 
 
 class FeedForward(nn.Module):
@@ -278,9 +297,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, mask, is_causal, start, cache):
+    def forward(self, x, cos, sin, mask, is_causal, start, cache, probs=None):
         """Pre-norm residual block: (B, T, dim) -> (B, T, dim)."""
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, is_causal, start, cache)
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, is_causal, start, cache, probs)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -346,11 +365,13 @@ class Llama(nn.Module):
         return torch.where((ids >= base)[..., None], new, old)  # (B, T, dim)
 
     def forward(self, inputs_embeds, start: int = 0, caches: list[KVCache] | None = None,
-                positions=None, key_mask=None, attn_mask=None):
+                positions=None, key_mask=None, attn_mask=None, attn_probs: list | None = None):
         """(B, T, dim) embeddings at slots [start, start+T) -> hidden (B, T, dim) after the final norm.
 
         positions (B, T): RoPE positions when they are not the slots; key_mask (B, start+T): key slots that may
         be seen (causal order otherwise); attn_mask (B|1, 1, T, start+T): the whole mask, given instead.
+        attn_probs: a list that gets each layer's attention probabilities (B, H, T, S), by an explicit softmax
+        (slower; the default path is SDPA, which never forms them).
         """
         x = inputs_embeds
         B, T, _ = x.shape
@@ -367,7 +388,7 @@ class Llama(nn.Module):
         else:
             mask, is_causal = attn_mask, False
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, is_causal, start, None if caches is None else caches[i])
+            x = layer(x, cos, sin, mask, is_causal, start, None if caches is None else caches[i], attn_probs)
         return self.norm(x)
 
     def logits(self, hidden):
