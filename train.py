@@ -37,12 +37,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from dataset import BatchSampler, collate, open_dataset
 from decoder import load_llama
 from encoder import ENCODER_PRESETS, EncoderConfig
-from model import ASRModel, extra_rows, load_model, save_model
+from model import ASRModel, check_state_dict, extra_rows, load_model, save_model
 from tokenizer import Tokenizer
 
 
@@ -95,7 +96,8 @@ class TrainConfig:
     max_bad_steps: int = arg(20, "stop after this many non-finite steps in a row")
     max_bad_fraction: float = arg(0.01, "stop before training when more than this fraction of a data set's rows "
                                         "has unreadable audio (all of them are listed in --out/bad_rows.tsv)")
-    resume: bool = arg(False, "continue from the newest checkpoint in --out")
+    resume: bool = arg(False, "continue from the newest intact checkpoint in --out")
+    allow_changes: bool = arg(False, "let --resume continue with settings other than the run was started with")
     stop_at: int = arg(0, "end this run after step N with a checkpoint (the schedule still follows --max-steps); "
                           "continue with --resume")
 
@@ -323,50 +325,111 @@ def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def latest_checkpoint(out):
-    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that cannot be read (cut short, garbage, non-finite weights): --resume tries an older one."""
+
+
+def checkpoints(out):
+    """checkpoint-{step} folders in `out`, oldest first; other names (checkpoint-final, checkpoint-abc) are not ours."""
+    found = [(int(m[1]), p) for p in Path(out).glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found) if p.is_dir()]
 
 
 def read_trainer_file(path):
     """trainer.pt -> dict, with weights_only=True: a file holding anything but tensors and plain containers
-    (a tampered pickle) is refused before any of it runs. Damage is a ValueError naming the file."""
+    (a tampered pickle) is refused before any of it runs (ValueError); damage is a DamagedCheckpoint."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"{path}: missing") from None
+        raise DamagedCheckpoint(f"{path}: missing") from None
     except Exception as e:
         what = re.search(r"GLOBAL (\S+)", str(e))
         if what:  # the weights-only unpickler met a class or function: loading the file would run code
             raise ValueError(f"{path}: refused, loading it would call {what.group(1)} "
                              "(a checkpoint holds only tensors and plain containers)") from None
-        raise ValueError(f"{path}: damaged or not a torch file ({type(e).__name__})") from None
+        raise DamagedCheckpoint(f"{path}: damaged or not a torch file ({type(e).__name__})") from None
     if not isinstance(state, dict) or not {"optimizer", "step", "pos", "rng"} <= set(state):
-        raise ValueError(f"{path}: not a trainer state (expected optimizer, step, pos, rng)")
+        raise DamagedCheckpoint(f"{path}: not a trainer state (expected optimizer, step, pos, rng)")
     return state
 
 
-def load_trainer_state(path, model, optimizer):
-    """Weights (strictly), optimiser and RNG states; returns the trainer dict (step, data position, ...)."""
-    state = read_trainer_file(Path(path) / "trainer.pt")  # first: nothing of a refused checkpoint is used
+def non_finite(sd: dict):
+    """'name (n values)' of the first tensor holding NaN or inf, else None."""
+    for name, t in sd.items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:
+            return f"{name} ({bad} of {t.numel()} values)"
+    return None
+
+
+def read_weights(folder, model):
+    """folder/model.safetensors, checked strictly against `model` (names, shapes) and for NaN/inf."""
+    path = Path(folder) / "model.safetensors"
     try:
-        loaded = load_model(path, decoder=None)
-    except ValueError:
-        raise
-    except Exception as e:  # model.safetensors or config.json damaged
-        raise ValueError(f"{path}: cannot read the model, damaged ({type(e).__name__})") from None
-    own = loaded.own_state_dict()
-    missing = set(model.own_state_dict()) ^ set(own)
-    if missing:
-        raise ValueError(f"{path}: checkpoint does not match the model: {', '.join(sorted(missing))}")
-    model.load_state_dict(own, strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return state
+        sd = load_file(path)
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{path}: missing") from None
+    except Exception as e:  # safetensors' errors: cut short, bad header
+        raise DamagedCheckpoint(f"{path}: damaged ({type(e).__name__})") from None
+    check_state_dict(model.own_state_dict(), sd, path)  # another model's checkpoint: an error, not damage
+    bad = non_finite(sd)
+    if bad:
+        raise DamagedCheckpoint(f"{path}: non-finite weights in {bad}")
+    return sd
+
+
+# settings that may change on --resume without changing what is trained (where and how often things are written)
+FREE_ON_RESUME = {"resume", "allow_changes", "stop_at", "out", "valid", "device", "num_workers", "save_every", "keep",
+                  "eval_every", "eval_wer", "log_every", "max_bad_steps", "max_bad_fraction"}
+
+
+def changed_settings(saved: dict, cfg: TrainConfig):
+    """['--lr 0.002 -> 0.001', ...]: the settings of `cfg` that differ from those the run was started with."""
+    now = asdict(cfg)
+    return [f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in now
+            if k in saved and k not in FREE_ON_RESUME and saved[k] != now[k]]
+
+
+def resume(out, cfg: TrainConfig, model, optimizer, master):
+    """
+    Load the newest intact checkpoint in `out` into model and optimizer and set every RNG; returns its trainer
+    dict (step, data position, best), or None when there is no checkpoint. A damaged one is skipped with a warning;
+    changed settings are refused unless --allow-changes.
+    """
+    ckpts = checkpoints(out)
+    for ckpt in reversed(ckpts):
+        try:
+            state = read_trainer_file(ckpt / "trainer.pt")
+            sd = read_weights(ckpt, model)
+        except DamagedCheckpoint as e:
+            if master:
+                print(f"warning: {e}; trying an older checkpoint")
+            continue
+        changes = changed_settings(state.get("config", {}), cfg)
+        if changes and not cfg.allow_changes:
+            raise ValueError(f"{ckpt}: the run was started with other settings: {', '.join(changes)} "
+                             "(resume with the same ones, or pass --allow-changes)")
+        if changes and master:
+            print(f"warning: {ckpt}: resuming with changed settings: {', '.join(changes)}")
+        model.load_state_dict(sd, strict=False)  # strict over own_state_dict: read_weights checked every name
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{ckpt / 'trainer.pt'}: does not fit this model's optimiser or RNGs "
+                             f"({type(e).__name__})") from None
+        if master:
+            print(f"resuming from {ckpt} (step {state['step']})")
+        return state
+    if ckpts:
+        raise ValueError(f"{out}: no intact checkpoint to resume from ({len(ckpts)} damaged, see the warnings)")
+    if master:
+        print(f"no checkpoint in {out}: starting at step 0")
+    return None
 
 
 def prune_checkpoints(out, keep):
-    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = checkpoints(out)
     for p in ckpts[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 
@@ -582,9 +645,11 @@ def train(cfg: TrainConfig):
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     step, pos, best = 0, dict(epoch=0, batch=0), float("inf")
-    if cfg.resume and latest_checkpoint(out):
-        state = load_trainer_state(latest_checkpoint(out), model, optimizer)
+    state = resume(out, cfg, model, optimizer, master) if cfg.resume else None
+    if state:
         step, pos, best = state["step"], state["pos"], state.get("best", best)
+        if step >= (min(max_steps, cfg.stop_at) if cfg.stop_at else max_steps):
+            raise ValueError(f"{out}: the run is at step {step} already; raise --max-steps or --stop-at to go on")
     if master:
         print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
               f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "

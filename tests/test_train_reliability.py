@@ -131,6 +131,7 @@ def test_release_loader_refuses_a_model_pt_that_would_run_code(tiny, tmp_path):
 
 def main_error(capsys, cfg, *says):
     """train.main on `cfg` in this process: exit 2 and one line on stderr naming each of `says`."""
+    capsys.readouterr()  # what earlier runs printed
     with pytest.raises(SystemExit) as e:
         T.main(cli(cfg))
     err = capsys.readouterr().err.strip()
@@ -285,9 +286,74 @@ def test_the_lock_of_a_dead_run_is_taken_over(tiny, data, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "train.lock").write_text(f"{dead.pid}\n")  # what a killed run leaves behind
-    T.train(config(tiny, data, out, max_steps=1))
+    T.train(config(tiny, data, out, stop_at=1))
     assert f"pid {dead.pid}) is gone; taking it over" in capsys.readouterr().out
     assert (out / "checkpoint-1").is_dir()
     assert (out / "train.lock").read_text() == ""  # released at the end
-    T.train(config(tiny, data, out, max_steps=2, resume=True))  # and the next run takes it without a word
+    T.train(config(tiny, data, out, resume=True))  # and the next run takes it without a word
     assert "taking it over" not in capsys.readouterr().out and (out / "checkpoint-2").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --resume: damaged checkpoints, stray folders, changed settings
+
+def cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def nan_weights(path):
+    from safetensors.torch import load_file, save_file
+    sd = load_file(path)
+    sd["ctc_head.bias"][3] = float("nan")
+    save_file(sd, path)
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("trainer.pt", cut, "damaged or not a torch file"),
+    ("trainer.pt", lambda p: p.write_bytes(b"\x00garbage" * 100), "damaged or not a torch file"),
+    ("model.safetensors", cut, "damaged"),
+    ("model.safetensors", nan_weights, "non-finite weights in ctc_head.bias (1 of"),
+])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny, data, tmp_path, capsys, name, damage, says):
+    straight = T.train(config(tiny, data, tmp_path / "a", max_steps=4))
+    out = tmp_path / "b"
+    T.train(config(tiny, data, out, max_steps=4, stop_at=3))
+    damage(out / "checkpoint-3" / name)
+    for stray in ("checkpoint-final", "checkpoint-abc", "checkpoint-9.tmp"):  # not checkpoints of this run
+        (out / stray).mkdir()
+    capsys.readouterr()
+    resumed = T.train(config(tiny, data, out, max_steps=4, resume=True))
+    log = capsys.readouterr().out
+    warnings = [line for line in log.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{out / 'checkpoint-3' / name}: {says}" in warnings[0], log
+    assert f"resuming from {out / 'checkpoint-2'} (step 2)" in log
+    for (n, p), q in zip(straight.own_state_dict().items(), resumed.own_state_dict().values()):
+        assert torch.equal(p, q), n  # steps 3 and 4 redone from checkpoint-2: the same weights as a straight run
+    assert (out / "checkpoint-final").is_dir()  # the strays are left alone, and pruning did not trip on them
+
+
+def test_resume_with_every_checkpoint_damaged_is_an_error(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=2)
+    T.train(cfg)
+    for ckpt in T.checkpoints(cfg.out):
+        cut(ckpt / "trainer.pt")
+    main_error(capsys, replace(cfg, resume=True), f"{cfg.out}: no intact checkpoint", "2 damaged")
+
+
+def test_resume_with_changed_settings_lists_them_and_needs_allow_changes(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
+    T.train(cfg)
+    changed = replace(cfg, resume=True, lr=2e-3, batch_size=1, stop_at=2, log_every=5)  # the last two are free
+    err = main_error(capsys, changed, tmp_path / "out" / "checkpoint-1", "--lr 0.001 -> 0.002",
+                     "--batch-size 2 -> 1", "--allow-changes")
+    assert "stop-at" not in err and "log-every" not in err
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+    T.train(replace(changed, allow_changes=True))
+    assert "resuming with changed settings: --batch-size 2 -> 1, --lr 0.001 -> 0.002" in capsys.readouterr().out
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+
+
+def test_resume_of_a_finished_run_is_an_error(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=1)
+    T.train(cfg)
+    main_error(capsys, replace(cfg, resume=True), "at step 1 already")
