@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -306,23 +307,81 @@ def set_rng_state(rng):
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # torch.save reports a full disk as a RuntimeError
+
+
+def write_problem(e, folder):
+    """Why a write failed, in a few words: the OS's reason, else the free space left (what is usually wrong)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"write failed, {free}"
+
+
 def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
-    """Write into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
-    trainer.pt holds only tensors and plain containers, so loading it never runs code. The learning-rate schedule
-    is a function of the step (get_lr), so the step is its whole state."""
+    """Write into a temporary folder, then rename: a crash or a full disk never leaves a half-written checkpoint,
+    and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so loading it
+    never runs code. The learning-rate schedule is a function of the step (get_lr), so the step is its whole state."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
-               extra_config=dict(stage=cfg.stage, step=step))
-    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg), rng=rng_state(),
-                 **(extra or {}))
-    torch.save(state, tmp / "trainer.pt")
-    old = path.with_name(f".old-{path.name}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                   extra_config=dict(stage=cfg.stage, step=step))
+        state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg),
+                     rng=rng_state(), **(extra or {}))
+        torch.save(state, tmp / "trainer.pt")
+        old = path.with_name(f".old-{path.name}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except WRITE_ERRORS as e:
+        raise ValueError(f"{path}: cannot write the checkpoint ({write_problem(e, path.parent)}); "
+                         "the earlier ones are intact") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temporaries(out: Path, master=True):
+    """
+    What runs killed mid-write left in `out`: half-written folders and files are removed; a folder caught between
+    its two renames (moved to .old-*, the new one not yet in place) is put back.
+    """
+    for old in [*out.glob(".old-checkpoint-*"), *out.glob(".best.old")]:
+        final = out / (old.name[len(".old-"):] if old.name.startswith(".old-") else "best")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+    stale = [p for pattern in (".tmp-checkpoint-*", "..tmp-checkpoint-*", ".best.*", ".*.tmp-*")
+             for p in out.glob(pattern)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if stale and master:
+        print(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted run")
+
+
+class Log:
+    """log.jsonl, appended to: a failed write (a full disk) is an OSError naming the file."""
+
+    def __init__(self, path: Path):
+        self.path, self.f = path, open(path, "a", encoding="utf-8")
+
+    def write(self, text):
+        self.named(self.f.write, text)
+
+    def flush(self):
+        self.named(self.f.flush)
+
+    def named(self, fn, *args):
+        try:
+            fn(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
 
 class DamagedCheckpoint(ValueError):
@@ -629,6 +688,7 @@ def train(cfg: TrainConfig):
     if master:
         out.mkdir(parents=True, exist_ok=True)
         lock_out(out)
+        remove_stale_temporaries(out)  # only now: the lock says no other run is writing them
     drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out, master)
     if valid_set is not None and not len(valid_set):
         raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
@@ -654,9 +714,10 @@ def train(cfg: TrainConfig):
         print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
               f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
               f"{max_steps} steps, device {device}")
-    log = open(out / "log.jsonl", "a") if master else None
+    log = Log(out / "log.jsonl") if master else None
     data = batches_forever(loader, sampler, train_set, pos)
-    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
+    # the bar on stdout, with the log lines: stderr carries only an error, one line
+    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
     bad_in_a_row, n_bad_rows, t0, utts = 0, 0, time.time(), 0
     eval_every = cfg.eval_every or steps_per_epoch
 
@@ -751,9 +812,13 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except ValueError as e:  # bad input: one line naming the file, no traceback, exit 2 (as argparse's errors)
+    except (ValueError, OSError, SafetensorError) as e:  # bad input, a full disk: one line naming the file, exit 2
         release_out(Path(cfg.out))
-        print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, ValueError):
+            print(f"error: {e}", file=sys.stderr)
+        else:  # shutil.copy names (source, destination): the destination is the one written
+            where = getattr(e, "filename2", None) or getattr(e, "filename", None) or cfg.out
+            print(f"error: {where}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         sys.exit(2)
 
 

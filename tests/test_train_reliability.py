@@ -357,3 +357,48 @@ def test_resume_of_a_finished_run_is_an_error(tiny, data, tmp_path, capsys):
     cfg = config(tiny, data, tmp_path / "out", max_steps=1)
     T.train(cfg)
     main_error(capsys, replace(cfg, resume=True), "at step 1 already")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a full disk
+
+FULL_DISK = """
+import errno, sys, torch, train
+def full(obj, f, *a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+torch.save = full  # trainer.pt is the last file of a checkpoint: the model folder is already half written
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_names_the_checkpoint_and_leaves_the_earlier_ones_intact(tiny, data, tmp_path):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
+    T.train(cfg)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "checkpoint-1").iterdir()}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, *cli(replace(cfg, resume=True, stop_at=2))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    one_line_error(proc, tmp_path / "out" / "checkpoint-2", "No space left on device", "earlier ones are intact")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "checkpoint-1").iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", "log.jsonl", "train.lock"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_the_log_names_the_log(tiny, data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    proc = run_train(cli(config(tiny, data, out)))
+    one_line_error(proc, out / "log.jsonl", "No space left on device")
+
+
+def test_temporaries_of_a_killed_run_are_removed_and_a_half_renamed_checkpoint_put_back(tiny, data, tmp_path):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
+    T.train(cfg)
+    out = tmp_path / "out"
+    T.os.replace(out / "checkpoint-1", out / ".old-checkpoint-1")  # killed between save_checkpoint's two renames
+    for stale in (".tmp-checkpoint-2", "..tmp-checkpoint-2.k3j4", ".best.x8y9"):
+        (out / stale).mkdir()
+        (out / stale / "model.safetensors").write_bytes(b"half")
+    (out / ".bad_rows.tsv.tmp-999").write_text("half")
+    T.train(replace(cfg, resume=True, stop_at=2))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "log.jsonl", "train.lock"]
