@@ -219,11 +219,14 @@ def get_lr(step, cfg: TrainConfig, max_steps):
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     """A fresh model (encoder preset + frozen decoder) or one loaded from --init; then choose what trains."""
     if cfg.init:
-        model = load_model(cfg.init, decoder=cfg.decoder or None)
+        model = load_init(cfg)
     else:
         if not cfg.decoder:
             raise ValueError("--decoder (a Hugging Face Llama folder) is needed for a fresh model")
         llm = load_llama(cfg.decoder)
+        bad = non_finite(llm.state_dict())
+        if bad:
+            raise ValueError(f"{cfg.decoder}: non-finite weights in {bad}; not a decoder to train through")
         if tokenizer.vocab_size > llm.vocab_size:
             llm.extend_vocab(tokenizer.vocab_size, trainable=cfg.vocab_fix)
         enc_cfg = EncoderConfig(**ENCODER_PRESETS[cfg.encoder], dropout=cfg.dropout)
@@ -244,6 +247,24 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     if cfg.stage == "e2e" and cfg.vocab_fix:
         for rows in extra_rows(model.llm):  # only rows the base Llama lacks; base rows stay frozen
             rows.requires_grad_(True)
+    return model
+
+
+def load_init(cfg: TrainConfig) -> ASRModel:
+    """The --init model folder, refused in one line if damaged or holding NaN/inf (training would only spread it)."""
+    try:
+        model = load_model(cfg.init, decoder=cfg.decoder or None)
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' or json's errors on a damaged folder
+        raise ValueError(f"{cfg.init}: damaged model folder ({type(e).__name__})") from None
+    bad = non_finite(model.own_state_dict())
+    if bad:
+        raise ValueError(f"{Path(cfg.init) / 'model.safetensors'}: non-finite weights in {bad}; "
+                         "not a model to start from")
+    bad = non_finite(model.llm.state_dict())
+    if bad:
+        raise ValueError(f"{cfg.init}: its decoder has non-finite weights in {bad}")
     return model
 
 

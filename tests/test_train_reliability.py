@@ -402,3 +402,30 @@ def test_temporaries_of_a_killed_run_are_removed_and_a_half_renamed_checkpoint_p
     (out / ".bad_rows.tsv.tmp-999").write_text("half")
     T.train(replace(cfg, resume=True, stop_at=2))
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "log.jsonl", "train.lock"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --init
+
+def test_init_with_non_finite_weights_is_refused(tiny, data, tmp_path, capsys):
+    T.train(config(tiny, data, tmp_path / "ctc", max_steps=1))
+    init = tmp_path / "ctc" / "checkpoint-1"
+    T.train(config(tiny, data, tmp_path / "ok", init=str(init), max_steps=1))  # the intact folder starts a run
+    sd = T.load_file(init / "model.safetensors")
+    sd["encoder.layers.0.k_proj.weight"][0, :3] = float("inf")
+    from safetensors.torch import save_file
+    save_file(sd, init / "model.safetensors")
+    main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init / "model.safetensors",
+               "non-finite weights in encoder.layers.0.k_proj.weight (3 of")
+    cut(init / "model.safetensors")
+    main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init, "damaged model folder")
+
+
+def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, capsys):
+    from decoder import load_llama, save_llama
+    llm = load_llama(tiny.root / "llm")
+    with torch.no_grad():
+        llm.tok_embeddings.weight[5, 0] = float("nan")
+    save_llama(llm, tmp_path / "llm")
+    main_error(capsys, config(tiny, data, tmp_path / "out", decoder=str(tmp_path / "llm")), tmp_path / "llm",
+               "non-finite weights in tok_embeddings.weight (1 of")
