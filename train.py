@@ -37,6 +37,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from augment import AugmentConfig
@@ -44,7 +46,7 @@ from dataset import BatchSampler, collate, open_dataset
 from decoder import load_llama
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
-from model import ASRModel, extra_rows, load_model, save_model
+from model import ASRModel, check_state_dict, extra_rows, load_model, save_model
 from tokenizer import Tokenizer
 
 
@@ -109,7 +111,8 @@ class TrainConfig:
     max_bad_steps: int = arg(20, "stop after this many non-finite steps in a row")
     max_bad_fraction: float = arg(0.01, "stop before training when more than this fraction of a data set's rows "
                                         "has unreadable audio (all of them are listed in --out/bad_rows.tsv)")
-    resume: bool = arg(False, "continue from the newest checkpoint in --out")
+    resume: bool = arg(False, "continue from the newest intact checkpoint in --out")
+    allow_changes: bool = arg(False, "let --resume continue with settings other than the run was started with")
     stop_at: int = arg(0, "end this run after step N with a checkpoint (the schedule still follows --max-steps); "
                           "continue with --resume")
 
@@ -216,11 +219,14 @@ def get_lr(step, cfg: TrainConfig, max_steps):
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     """A fresh model (encoder preset + frozen decoder) or one loaded from --init; then choose what trains."""
     if cfg.init:
-        model = load_model(cfg.init, decoder=cfg.decoder or None)
+        model = load_init(cfg)
     else:
         if not cfg.decoder:
             raise ValueError("--decoder (a Hugging Face Llama folder) is needed for a fresh model")
         llm = load_llama(cfg.decoder)
+        bad = non_finite(llm.state_dict())
+        if bad:
+            raise ValueError(f"{cfg.decoder}: non-finite weights in {bad}; not a decoder to train through")
         if tokenizer.vocab_size > llm.vocab_size:
             llm.extend_vocab(tokenizer.vocab_size, trainable=cfg.vocab_fix)
         enc_cfg = EncoderConfig(**ENCODER_PRESETS[cfg.encoder], dropout=cfg.dropout)
@@ -242,6 +248,24 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     if cfg.stage == "e2e" and cfg.vocab_fix:
         for rows in extra_rows(model.llm):  # only rows the base Llama lacks; base rows stay frozen
             rows.requires_grad_(True)
+    return model
+
+
+def load_init(cfg: TrainConfig) -> ASRModel:
+    """The --init model folder, refused in one line if damaged or holding NaN/inf (training would only spread it)."""
+    try:
+        model = load_model(cfg.init, decoder=cfg.decoder or None)
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' or json's errors on a damaged folder
+        raise ValueError(f"{cfg.init}: damaged model folder ({type(e).__name__})") from None
+    bad = non_finite(model.own_state_dict())
+    if bad:
+        raise ValueError(f"{Path(cfg.init) / 'model.safetensors'}: non-finite weights in {bad}; "
+                         "not a model to start from")
+    bad = non_finite(model.llm.state_dict())
+    if bad:
+        raise ValueError(f"{cfg.init}: its decoder has non-finite weights in {bad}")
     return model
 
 
@@ -305,69 +329,188 @@ def set_rng_state(rng):
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # torch.save reports a full disk as a RuntimeError
+
+
+def write_problem(e, folder):
+    """Why a write failed, in a few words: the OS's reason, else the free space left (what is usually wrong)."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"write failed, {free}"
+
+
 def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
-    """Write into a temporary folder, then rename: a crash never leaves a half-written checkpoint.
-    trainer.pt holds only tensors and plain containers, so loading it never runs code. The learning-rate schedule
-    is a function of the step (get_lr), so the step is its whole state."""
+    """Write into a temporary folder, then rename: a crash or a full disk never leaves a half-written checkpoint,
+    and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so loading it
+    never runs code. The learning-rate schedule is a function of the step (get_lr), so the step is its whole state."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
-               extra_config=dict(stage=cfg.stage, step=step))
-    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg), rng=rng_state(),
-                 **(extra or {}))
-    torch.save(state, tmp / "trainer.pt")
-    old = path.with_name(f".old-{path.name}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                   extra_config=dict(stage=cfg.stage, step=step))
+        state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg),
+                     rng=rng_state(), **(extra or {}))
+        torch.save(state, tmp / "trainer.pt")
+        old = path.with_name(f".old-{path.name}")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except WRITE_ERRORS as e:
+        raise ValueError(f"{path}: cannot write the checkpoint ({write_problem(e, path.parent)}); "
+                         "the earlier ones are intact") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def latest_checkpoint(out):
-    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return ckpts[-1] if ckpts else None
+def remove_stale_temporaries(out: Path, master=True):
+    """
+    What runs killed mid-write left in `out`: half-written folders and files are removed; a folder caught between
+    its two renames (moved to .old-*, the new one not yet in place) is put back.
+    """
+    for old in [*out.glob(".old-checkpoint-*"), *out.glob(".best.old")]:
+        final = out / (old.name[len(".old-"):] if old.name.startswith(".old-") else "best")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
+    stale = [p for pattern in (".tmp-checkpoint-*", "..tmp-checkpoint-*", ".best.*", ".*.tmp-*")
+             for p in out.glob(pattern)]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if stale and master:
+        print(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted run")
+
+
+class Log:
+    """log.jsonl, appended to: a failed write (a full disk) is an OSError naming the file."""
+
+    def __init__(self, path: Path):
+        self.path, self.f = path, open(path, "a", encoding="utf-8")
+
+    def write(self, text):
+        self.named(self.f.write, text)
+
+    def flush(self):
+        self.named(self.f.flush)
+
+    def named(self, fn, *args):
+        try:
+            fn(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
+
+
+class DamagedCheckpoint(ValueError):
+    """A checkpoint that cannot be read (cut short, garbage, non-finite weights): --resume tries an older one."""
+
+
+def checkpoints(out):
+    """checkpoint-{step} folders in `out`, oldest first; other names (checkpoint-final, checkpoint-abc) are not ours."""
+    found = [(int(m[1]), p) for p in Path(out).glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    return [p for _, p in sorted(found) if p.is_dir()]
 
 
 def read_trainer_file(path):
     """trainer.pt -> dict, with weights_only=True: a file holding anything but tensors and plain containers
-    (a tampered pickle) is refused before any of it runs. Damage is a ValueError naming the file."""
+    (a tampered pickle) is refused before any of it runs (ValueError); damage is a DamagedCheckpoint."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ValueError(f"{path}: missing") from None
+        raise DamagedCheckpoint(f"{path}: missing") from None
     except Exception as e:
         what = re.search(r"GLOBAL (\S+)", str(e))
         if what:  # the weights-only unpickler met a class or function: loading the file would run code
             raise ValueError(f"{path}: refused, loading it would call {what.group(1)} "
                              "(a checkpoint holds only tensors and plain containers)") from None
-        raise ValueError(f"{path}: damaged or not a torch file ({type(e).__name__})") from None
+        raise DamagedCheckpoint(f"{path}: damaged or not a torch file ({type(e).__name__})") from None
     if not isinstance(state, dict) or not {"optimizer", "step", "pos", "rng"} <= set(state):
-        raise ValueError(f"{path}: not a trainer state (expected optimizer, step, pos, rng)")
+        raise DamagedCheckpoint(f"{path}: not a trainer state (expected optimizer, step, pos, rng)")
     return state
 
 
-def load_trainer_state(path, model, optimizer):
-    """Weights (strictly), optimiser and RNG states; returns the trainer dict (step, data position, ...)."""
-    state = read_trainer_file(Path(path) / "trainer.pt")  # first: nothing of a refused checkpoint is used
+def non_finite(sd: dict):
+    """'name (n values)' of the first tensor holding NaN or inf, else None."""
+    for name, t in sd.items():
+        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+        if bad:
+            return f"{name} ({bad} of {t.numel()} values)"
+    return None
+
+
+def read_weights(folder, model):
+    """folder/model.safetensors, checked strictly against `model` (names, shapes) and for NaN/inf."""
+    path = Path(folder) / "model.safetensors"
     try:
-        loaded = load_model(path, decoder=None)
-    except ValueError:
-        raise
-    except Exception as e:  # model.safetensors or config.json damaged
-        raise ValueError(f"{path}: cannot read the model, damaged ({type(e).__name__})") from None
-    own = loaded.own_state_dict()
-    missing = set(model.own_state_dict()) ^ set(own)
-    if missing:
-        raise ValueError(f"{path}: checkpoint does not match the model: {', '.join(sorted(missing))}")
-    model.load_state_dict(own, strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    return state
+        sd = load_file(path)
+    except FileNotFoundError:
+        raise DamagedCheckpoint(f"{path}: missing") from None
+    except Exception as e:  # safetensors' errors: cut short, bad header
+        raise DamagedCheckpoint(f"{path}: damaged ({type(e).__name__})") from None
+    check_state_dict(model.own_state_dict(), sd, path)  # another model's checkpoint: an error, not damage
+    bad = non_finite(sd)
+    if bad:
+        raise DamagedCheckpoint(f"{path}: non-finite weights in {bad}")
+    return sd
+
+
+# settings that may change on --resume without changing what is trained (where and how often things are written)
+FREE_ON_RESUME = {"resume", "allow_changes", "stop_at", "out", "valid", "device", "num_workers", "save_every", "keep",
+                  "eval_every", "eval_wer", "log_every", "max_bad_steps", "max_bad_fraction"}
+
+
+def changed_settings(saved: dict, cfg: TrainConfig):
+    """['--lr 0.002 -> 0.001', ...]: the settings of `cfg` that differ from those the run was started with."""
+    now = asdict(cfg)
+    return [f"--{k.replace('_', '-')} {saved[k]} -> {now[k]}" for k in now
+            if k in saved and k not in FREE_ON_RESUME and saved[k] != now[k]]
+
+
+def resume(out, cfg: TrainConfig, model, optimizer, master):
+    """
+    Load the newest intact checkpoint in `out` into model and optimizer and set every RNG; returns its trainer
+    dict (step, data position, best), or None when there is no checkpoint. A damaged one is skipped with a warning;
+    changed settings are refused unless --allow-changes.
+    """
+    ckpts = checkpoints(out)
+    for ckpt in reversed(ckpts):
+        try:
+            state = read_trainer_file(ckpt / "trainer.pt")
+            sd = read_weights(ckpt, model)
+        except DamagedCheckpoint as e:
+            if master:
+                print(f"warning: {e}; trying an older checkpoint")
+            continue
+        changes = changed_settings(state.get("config", {}), cfg)
+        if changes and not cfg.allow_changes:
+            raise ValueError(f"{ckpt}: the run was started with other settings: {', '.join(changes)} "
+                             "(resume with the same ones, or pass --allow-changes)")
+        if changes and master:
+            print(f"warning: {ckpt}: resuming with changed settings: {', '.join(changes)}")
+        model.load_state_dict(sd, strict=False)  # strict over own_state_dict: read_weights checked every name
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"{ckpt / 'trainer.pt'}: does not fit this model's optimiser or RNGs "
+                             f"({type(e).__name__})") from None
+        if master:
+            print(f"resuming from {ckpt} (step {state['step']})")
+        return state
+    if ckpts:
+        raise ValueError(f"{out}: no intact checkpoint to resume from ({len(ckpts)} damaged, see the warnings)")
+    if master:
+        print(f"no checkpoint in {out}: starting at step 0")
+    return None
 
 
 def prune_checkpoints(out, keep):
-    ckpts = sorted(Path(out).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    ckpts = checkpoints(out)
     for p in ckpts[:-keep] if keep > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
 
@@ -578,6 +721,7 @@ def train(cfg: TrainConfig):
     if master:
         out.mkdir(parents=True, exist_ok=True)
         lock_out(out)
+        remove_stale_temporaries(out)  # only now: the lock says no other run is writing them
     drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out, master)
     if valid_set is not None and not len(valid_set):
         raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
@@ -594,16 +738,19 @@ def train(cfg: TrainConfig):
     n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     step, pos, best = 0, dict(epoch=0, batch=0), float("inf")
-    if cfg.resume and latest_checkpoint(out):
-        state = load_trainer_state(latest_checkpoint(out), model, optimizer)
+    state = resume(out, cfg, model, optimizer, master) if cfg.resume else None
+    if state:
         step, pos, best = state["step"], state["pos"], state.get("best", best)
+        if step >= (min(max_steps, cfg.stop_at) if cfg.stop_at else max_steps):
+            raise ValueError(f"{out}: the run is at step {step} already; raise --max-steps or --stop-at to go on")
     if master:
         print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
               f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
               f"{max_steps} steps, device {device}")
-    log = open(out / "log.jsonl", "a") if master else None
+    log = Log(out / "log.jsonl") if master else None
     data = batches_forever(loader, sampler, train_set, pos)
-    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True)
+    # the bar on stdout, with the log lines: stderr carries only an error, one line
+    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
     bad_in_a_row, n_bad_rows, t0, utts = 0, 0, time.time(), 0
     eval_every = cfg.eval_every or steps_per_epoch
 
@@ -698,9 +845,13 @@ def main(argv=None):
     cfg = parse_args(argv)
     try:
         train(cfg)
-    except ValueError as e:  # bad input: one line naming the file, no traceback, exit 2 (as argparse's errors)
+    except (ValueError, OSError, SafetensorError) as e:  # bad input, a full disk: one line naming the file, exit 2
         release_out(Path(cfg.out))
-        print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, ValueError):
+            print(f"error: {e}", file=sys.stderr)
+        else:  # shutil.copy names (source, destination): the destination is the one written
+            where = getattr(e, "filename2", None) or getattr(e, "filename", None) or cfg.out
+            print(f"error: {where}: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         sys.exit(2)
 
 

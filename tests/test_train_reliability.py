@@ -131,6 +131,7 @@ def test_release_loader_refuses_a_model_pt_that_would_run_code(tiny, tmp_path):
 
 def main_error(capsys, cfg, *says):
     """train.main on `cfg` in this process: exit 2 and one line on stderr naming each of `says`."""
+    capsys.readouterr()  # what earlier runs printed
     with pytest.raises(SystemExit) as e:
         T.main(cli(cfg))
     err = capsys.readouterr().err.strip()
@@ -285,9 +286,146 @@ def test_the_lock_of_a_dead_run_is_taken_over(tiny, data, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "train.lock").write_text(f"{dead.pid}\n")  # what a killed run leaves behind
-    T.train(config(tiny, data, out, max_steps=1))
+    T.train(config(tiny, data, out, stop_at=1))
     assert f"pid {dead.pid}) is gone; taking it over" in capsys.readouterr().out
     assert (out / "checkpoint-1").is_dir()
     assert (out / "train.lock").read_text() == ""  # released at the end
-    T.train(config(tiny, data, out, max_steps=2, resume=True))  # and the next run takes it without a word
+    T.train(config(tiny, data, out, resume=True))  # and the next run takes it without a word
     assert "taking it over" not in capsys.readouterr().out and (out / "checkpoint-2").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --resume: damaged checkpoints, stray folders, changed settings
+
+def cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def nan_weights(path):
+    from safetensors.torch import load_file, save_file
+    sd = load_file(path)
+    sd["ctc_head.bias"][3] = float("nan")
+    save_file(sd, path)
+
+
+@pytest.mark.parametrize("name, damage, says", [
+    ("trainer.pt", cut, "damaged or not a torch file"),
+    ("trainer.pt", lambda p: p.write_bytes(b"\x00garbage" * 100), "damaged or not a torch file"),
+    ("model.safetensors", cut, "damaged"),
+    ("model.safetensors", nan_weights, "non-finite weights in ctc_head.bias (1 of"),
+])
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny, data, tmp_path, capsys, name, damage, says):
+    straight = T.train(config(tiny, data, tmp_path / "a", max_steps=4))
+    out = tmp_path / "b"
+    T.train(config(tiny, data, out, max_steps=4, stop_at=3))
+    damage(out / "checkpoint-3" / name)
+    for stray in ("checkpoint-final", "checkpoint-abc", "checkpoint-9.tmp"):  # not checkpoints of this run
+        (out / stray).mkdir()
+    capsys.readouterr()
+    resumed = T.train(config(tiny, data, out, max_steps=4, resume=True))
+    log = capsys.readouterr().out
+    warnings = [line for line in log.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{out / 'checkpoint-3' / name}: {says}" in warnings[0], log
+    assert f"resuming from {out / 'checkpoint-2'} (step 2)" in log
+    for (n, p), q in zip(straight.own_state_dict().items(), resumed.own_state_dict().values()):
+        assert torch.equal(p, q), n  # steps 3 and 4 redone from checkpoint-2: the same weights as a straight run
+    assert (out / "checkpoint-final").is_dir()  # the strays are left alone, and pruning did not trip on them
+
+
+def test_resume_with_every_checkpoint_damaged_is_an_error(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=2)
+    T.train(cfg)
+    for ckpt in T.checkpoints(cfg.out):
+        cut(ckpt / "trainer.pt")
+    main_error(capsys, replace(cfg, resume=True), f"{cfg.out}: no intact checkpoint", "2 damaged")
+
+
+def test_resume_with_changed_settings_lists_them_and_needs_allow_changes(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
+    T.train(cfg)
+    changed = replace(cfg, resume=True, lr=2e-3, batch_size=1, stop_at=2, log_every=5)  # the last two are free
+    err = main_error(capsys, changed, tmp_path / "out" / "checkpoint-1", "--lr 0.001 -> 0.002",
+                     "--batch-size 2 -> 1", "--allow-changes")
+    assert "stop-at" not in err and "log-every" not in err
+    assert not (tmp_path / "out" / "checkpoint-2").exists()
+    T.train(replace(changed, allow_changes=True))
+    assert "resuming with changed settings: --batch-size 2 -> 1, --lr 0.001 -> 0.002" in capsys.readouterr().out
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+
+
+def test_resume_of_a_finished_run_is_an_error(tiny, data, tmp_path, capsys):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=1)
+    T.train(cfg)
+    main_error(capsys, replace(cfg, resume=True), "at step 1 already")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a full disk
+
+FULL_DISK = """
+import errno, sys, torch, train
+def full(obj, f, *a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+torch.save = full  # trainer.pt is the last file of a checkpoint: the model folder is already half written
+train.main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_names_the_checkpoint_and_leaves_the_earlier_ones_intact(tiny, data, tmp_path):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
+    T.train(cfg)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out" / "checkpoint-1").iterdir()}
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, *cli(replace(cfg, resume=True, stop_at=2))], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    one_line_error(proc, tmp_path / "out" / "checkpoint-2", "No space left on device", "earlier ones are intact")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "checkpoint-1").iterdir()} == before
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", "log.jsonl", "train.lock"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_under_the_log_names_the_log(tiny, data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "log.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    proc = run_train(cli(config(tiny, data, out)))
+    one_line_error(proc, out / "log.jsonl", "No space left on device")
+
+
+def test_temporaries_of_a_killed_run_are_removed_and_a_half_renamed_checkpoint_put_back(tiny, data, tmp_path):
+    cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
+    T.train(cfg)
+    out = tmp_path / "out"
+    T.os.replace(out / "checkpoint-1", out / ".old-checkpoint-1")  # killed between save_checkpoint's two renames
+    for stale in (".tmp-checkpoint-2", "..tmp-checkpoint-2.k3j4", ".best.x8y9"):
+        (out / stale).mkdir()
+        (out / stale / "model.safetensors").write_bytes(b"half")
+    (out / ".bad_rows.tsv.tmp-999").write_text("half")
+    T.train(replace(cfg, resume=True, stop_at=2))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "log.jsonl", "train.lock"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --init
+
+def test_init_with_non_finite_weights_is_refused(tiny, data, tmp_path, capsys):
+    T.train(config(tiny, data, tmp_path / "ctc", max_steps=1))
+    init = tmp_path / "ctc" / "checkpoint-1"
+    T.train(config(tiny, data, tmp_path / "ok", init=str(init), max_steps=1))  # the intact folder starts a run
+    sd = T.load_file(init / "model.safetensors")
+    sd["encoder.layers.0.k_proj.weight"][0, :3] = float("inf")
+    from safetensors.torch import save_file
+    save_file(sd, init / "model.safetensors")
+    main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init / "model.safetensors",
+               "non-finite weights in encoder.layers.0.k_proj.weight (3 of")
+    cut(init / "model.safetensors")
+    main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init, "damaged model folder")
+
+
+def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, capsys):
+    from decoder import load_llama, save_llama
+    llm = load_llama(tiny.root / "llm")
+    with torch.no_grad():
+        llm.tok_embeddings.weight[5, 0] = float("nan")
+    save_llama(llm, tmp_path / "llm")
+    main_error(capsys, config(tiny, data, tmp_path / "out", decoder=str(tmp_path / "llm")), tmp_path / "llm",
+               "non-finite weights in tok_embeddings.weight (1 of")
