@@ -398,6 +398,13 @@ def test_mistyped_manifest_fields_are_named_file_and_line(tiny, tmp_path, capsys
     assert len(err.splitlines()) == 1 and f"{manifest}:2: " in err and says in err, err
 
 
+@pytest.mark.parametrize("flag,value", [("--bootstrap", "-1"), ("--bootstrap", "1000000000"), ("--worst", "-2"),
+                                        ("--seed", "-1")])
+def test_the_scorers_count_flags_are_range_checked(tmp_path, capsys, flag, value):
+    code, _, err = score(capsys, tmp_path, "бір\n", "бір\n", f"{flag}={value}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and flag in err, err
+
+
 def test_a_failed_out_write_keeps_the_summary_and_a_failure_is_exit_1(tiny, tmp_path, capsys):
     sf.write(tmp_path / "a.wav", wave(1.0).numpy(), SAMPLE_RATE)
     manifest = tmp_path / "m.jsonl"
