@@ -638,12 +638,25 @@ def run_compare(args) -> int:
     return 0
 
 
+# the report's own numeric flags: (least, most); the bootstrap holds resamples x utterances indices at once
+COUNT_LIMITS = {"bootstrap": (0, 100_000), "max_samples": (1, 10**9), "worst": (0, 10_000), "seed": (0, 2**32 - 1)}
+
+
+def check_counts(args):
+    """ValueError, one line, for a count flag outside COUNT_LIMITS (the decoding flags: decode.check_options)."""
+    for name, (lo, hi) in COUNT_LIMITS.items():
+        v = getattr(args, name)
+        if v is not None and not lo <= v <= hi:
+            raise ValueError(f"--{name.replace('_', '-')} {v} is outside [{lo}, {hi}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if bool(args.ref) != bool(args.hyp):
         parser.error("--ref and --hyp go together")
     try:
+        check_counts(args)
         if args.ref:
             return run_scoring(args)
         if args.compare:
