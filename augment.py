@@ -15,7 +15,7 @@ fixed order that follows the sound from the talker to the file:
     gain       the recording level: uniform in dB over [-20, +20] dB; float and never clipped (an unclipped
                float wav at +12 dB is a real input)
 
-The released recipe used none of these (SPEC section 1: speed perturbation and SpecAugment only), so AugmentConfig()
+The released recipe used none of these (recipe §1: speed perturbation and SpecAugment only), so AugmentConfig()
 has every probability at 0; train.py's teaching preset turns them on (its --aug-* flags).
 Not here: SpecAugment and speed perturbation (dataset.py); measured noise and RIR corpora (MUSAN, RIRS_NOISES); codecs.
 """

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-BLANK = 0  # the CTC blank, the same id as EOS (SPEC §2, §6)
+BLANK = 0  # the CTC blank, the same id as EOS (recipe §2, §6)
 NEG_INF = float("-inf")
 
 

@@ -1,11 +1,11 @@
 """
 Training data: manifests in, padded (mel, tokens) batches out.
 
-Two sources (SPEC section 7):
+Two sources (recipe §7):
 - a JSONL manifest, one utterance a line, NeMo's fields `audio_filepath`, `text`, `duration`
   (relative audio paths are taken relative to the manifest's folder); features are computed in the DataLoader workers;
 - the release's parquet mel dataset (`mel` = np.save bytes of float16 (80, T), `text`, `duration`), via pyarrow.
-Augmentation as SPEC section 1: speed perturbation x{0.9, 1.0, 1.1} on raw audio, SpecAugment (2 frequency masks of
+Augmentation as recipe §1: speed perturbation x{0.9, 1.0, 1.1} on raw audio, SpecAugment (2 frequency masks of
 width U[0, 27], 2 time masks of width U[0, 100], filled with 0.0); beyond the release, augment.py's waveform ops
 (reverb, noise, telephone band, gain; babble from a small pool of the set's own utterances) and mel.normalize_level
 before the log-mel, when a model folder uses it. Each item's randomness comes from
@@ -226,7 +226,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
 
 class ParquetMelDataset(SpeechDataset):
-    """The release's precomputed mels (SPEC section 7): `mel` holds np.save bytes of float16 (80, T)."""
+    """The release's precomputed mels (recipe §7): `mel` holds np.save bytes of float16 (80, T)."""
 
     def __init__(self, files, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0,
                  wave_augment=None, level_dbfs=None, spec_time_fraction=1.0):

@@ -6,7 +6,7 @@
         --tokenizer sozkz-morphbpe-100k-kk-v1/tokenizer.json --mode reference clip.wav   # the release, as released
 
 Modes (the strategies themselves are in search.py and ctc.py):
-  reference  SPEC §9 to the token: each file cut at 15 s (--chunked: the original's 12 s-stride chunks),
+  reference  recipe §9 to the token: each file cut at 15 s (--chunked: the original's 12 s-stride chunks),
              float32, greedy with repetition penalty 1.15 and no-repeat-trigram, 256 tokens; several files
              are decoded as one masked batch, which gives each the tokens the original gets for it alone
   greedy     plain greedy, padded batches with masks
@@ -14,7 +14,7 @@ Modes (the strategies themselves are in search.py and ctc.py):
   joint      joint CTC/attention one-pass beam search (the default: DEFAULT_MODE below)
   ctc        CTC greedy alone: the encoder without the decoder
 Every mode but reference decodes files of any length: windows of 15 s overlapping by 5 s, spliced at the
-seams by the CTC word timings (longform.py). Texts are normalised as SPEC §5 says.
+seams by the CTC word timings (longform.py). Texts are normalised as recipe §5 says.
 
 A file that cannot be read (not a regular file, a broken header, a cut or corrupt stream) gets a one-line error
 on stderr naming it; the others are still transcribed, and the exit status is 1 at the end (2 when the model or
@@ -119,7 +119,7 @@ class Transcriber:
         o = self.opt
         check_options(o)
         if o.mode == "reference" and dtype != torch.float32:
-            raise ValueError("--mode reference is float32 by definition (SPEC §9)")
+            raise ValueError("--mode reference is float32 by definition (recipe §9)")
         if o.mode == "joint" and math.ceil(o.pre_beam * o.beam_size) > self.model.vocab_size:
             raise ValueError(f"--pre-beam {o.pre_beam:g} x --beam-size {o.beam_size} candidates exceed the "
                              f"{self.model.vocab_size} ids of the vocabulary")
@@ -250,7 +250,7 @@ class Transcriber:
     # -- the release's own decoding ------------------------------------------------------------------------------
 
     def _reference(self, items, results):
-        """SPEC §9: each file's 15 s cut (or the original's chunks), float32, filtered greedy. The cuts of several
+        """recipe §9: each file's 15 s cut (or the original's chunks), float32, filtered greedy. The cuts of several
         files are decoded as one padded batch with masks, which gives each the tokens it gets alone, unmasked
         (tests/test_decode.py). Chunks stream through batch_size at a time: only the audio used is read."""
         texts, words, batch = {}, {}, []  # index -> per chunk, in order; batch: (index, start sample, waveform)
@@ -358,7 +358,7 @@ def add_decoding_args(p: argparse.ArgumentParser):
                         "the release's recipe; --mode reference is always float32)")
     d = p.add_argument_group("decoding")
     d.add_argument("--mode", choices=MODES, default=DEFAULT_MODE,
-                   help=f"reference: the release's own decoding, to the token (SPEC §9); greedy; beam: attention "
+                   help=f"reference: the release's own decoding, to the token (recipe §9); greedy; beam: attention "
                         f"beam search; joint: joint CTC/attention beam search; ctc: CTC greedy "
                         f"(default: {DEFAULT_MODE})")
     d.add_argument("--beam-size", type=int, default=DecodeOptions.beam_size,
@@ -413,7 +413,7 @@ def load(args) -> Transcriber:
     options = options_from_args(args, defaults)  # e.g. the teaching model's shorter windows
     check_options(options)  # before the model loads: a bad flag costs nothing
     if options.mode == "reference" and dtype != torch.float32:
-        raise ValueError("--mode reference is float32 by definition (SPEC §9); drop --dtype bfloat16")
+        raise ValueError("--mode reference is float32 by definition (recipe §9); drop --dtype bfloat16")
     if args.checkpoint:
         if not (args.decoder and args.tokenizer):
             raise ValueError("--checkpoint needs --decoder LLAMA_DIR and --tokenizer PATH/tokenizer.json")
@@ -439,7 +439,7 @@ def load(args) -> Transcriber:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description="Transcribe Kazakh speech with a SozKZ ASR model (the teaching model by default, or the "
-                    "released checkpoint-92000). Prints the normalised transcript (SPEC §5).",
+                    "released checkpoint-92000). Prints the normalised transcript (recipe §5).",
         epilog="Files longer than --window are transcribed whole in overlapping windows (not in reference mode, "
                "which cuts at 15 s as the original did unless --chunked). Exit status: 0 all files transcribed, "
                "1 some file failed (one line each on stderr; the others are still transcribed), 2 bad arguments "

@@ -3,8 +3,8 @@
 Follows Meta's llama3 `model.py` (small pure functions for RoPE and grouped KV heads) and gpt-fast
 (an explicit `KVCache` module with preallocated buffers, a weight map from Hugging Face names,
 `load_state_dict(strict=True, assign=True)`). Numerics match transformers' `LlamaForCausalLM`:
-RMSNorm in float32, rotate-half RoPE, SwiGLU, no biases (SPEC §3). Holds the release's vocabulary
-resize too (50257 -> 100000 rows, new rows = the mean row: SPEC §3 quirk).
+RMSNorm in float32, rotate-half RoPE, SwiGLU, no biases (recipe §3). Holds the release's vocabulary
+resize too (50257 -> 100000 rows, new rows = the mean row: recipe §3 quirk).
 In the ASR model it is frozen; `Llama(cfg)` with random weights is trainable, to pretrain our own.
 Does not do: rope_scaling, biases, sliding windows, sampling loops (see decode.py), tensor parallelism.
 """
@@ -407,7 +407,7 @@ class Llama(nn.Module):
         return out.float()
 
     def _one_row_repeated(self, rows) -> bool:
-        """Whether frozen rows are all one row (SPEC §3: 49,743 of the release's 100,000, ~13 % of a decoding
+        """Whether frozen rows are all one row (recipe §3: 49,743 of the release's 100,000, ~13 % of a decoding
         step's weight reads). Checked once per version of the tensor: an in-place change is seen."""
         if rows.requires_grad:
             return False
@@ -422,7 +422,7 @@ class Llama(nn.Module):
         return [KVCache(batch, c.n_kv_heads, max_len, c.head_dim, device, dtype) for _ in range(c.n_layers)]
 
     def extend_vocab(self, new_size: int, trainable: bool = False):
-        """Add rows [base, new_size), each the mean of the base rows (SPEC §3); trainable=True lets only them learn."""
+        """Add rows [base, new_size), each the mean of the base rows (recipe §3); trainable=True lets only them learn."""
         base = self.config.vocab_size
         if self.new_rows is not None or new_size < base:
             raise ValueError(f"cannot extend a {self.vocab_size}-id vocabulary to {new_size}")

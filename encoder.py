@@ -1,14 +1,14 @@
 """
 The audio encoder of SozKZ OmniAudio v2: log-mel -> conv subsampling -> pre-norm transformer -> (projector, CTC head).
 
-Follows ../shared/SPEC.md section 2 exactly, so the released checkpoint-92000 loads by name:
+Follows docs/recipe.md §2 exactly, so the released checkpoint-92000 loads by name:
   conv_stack: Conv1d(80->d, k3, s2) GELU Conv1d(d->d, k3, s2) GELU   (4x fewer frames: 100 -> 25 per second)
   norm:       RMSNorm(d)
   layers:     pre-norm blocks, RoPE self-attention with biased q/k/v/o, SwiGLU feed-forward
   (no norm after the last block)
 The projector (encoder width -> decoder width) and CTC head live here too: they read the encoder output.
 
-The original has no padding masks (a SPEC quirk). `lengths=None` reproduces that maths exactly; passing
+The original has no padding masks (a quirk of the original, recipe §1). `lengths=None` reproduces that maths exactly; passing
 `lengths` masks padded frames out of attention so an item's output does not depend on its batch.
 """
 import math
@@ -138,7 +138,7 @@ def _keep(lengths, T):
 
 
 class Projector(nn.Module):
-    """Encoder width -> decoder width: Linear (with bias) then RMSNorm, no activation (SPEC section 2)."""
+    """Encoder width -> decoder width: Linear (with bias) then RMSNorm, no activation (recipe §2)."""
 
     def __init__(self, in_dim: int, out_dim: int, eps: float = 1e-6):
         super().__init__()

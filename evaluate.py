@@ -1,6 +1,6 @@
 """Score ASR output, or decode a test set and score it: corpus WER and CER with bootstrap intervals.
 
-What it follows: SPEC §10. References and hypotheses are normalised alike (SPEC §5), then WER and
+What it follows: recipe §10. References and hypotheses are normalised alike (recipe §5), then WER and
 CER are corpus-level, total edits / total reference words or characters (spaces count), equal to
 jiwer's (see wer.py). Intervals come from the percentile bootstrap over utterances.
 
@@ -55,7 +55,7 @@ class FleursRow:
     id: str            # sentence id; FLEURS repeats it when several speakers read one sentence
     file: str          # wav file name, unique per row
     audio: str         # path to the wav
-    reference: str     # 4th column (FLEURS' normalised transcription), normalised again (SPEC §5)
+    reference: str     # 4th column (FLEURS' normalised transcription), normalised again (recipe §5)
     raw: str           # 3rd column, the raw transcription, for display
 
 
@@ -103,7 +103,7 @@ def _list_tar(tar_path: str) -> set[str]:
 
 def read_fleurs(folder: str, split: str = "test", max_samples: int | None = None,
                 extract_dir: str | None = None) -> list[FleursRow]:
-    """Rows of `<folder>/<split>.tsv` whose audio exists, in file order (SPEC §10).
+    """Rows of `<folder>/<split>.tsv` whose audio exists, in file order (recipe §10).
 
     Audio is `<folder>/audio/<split>/<file>` or a member of `<folder>/audio/<split>.tar.gz`
     (extracted, only the rows kept, into extract_dir or a temporary folder removed at exit).
@@ -308,7 +308,7 @@ def format_table(name: str, s: Scores, rtf: float | None, device: str, failed: i
 class Utterance:
     id: str            # unique in the set: the manifest's "id" (else audio_filepath as written); FLEURS' wav name
     audio: str         # path of the audio file
-    reference: str     # normalised (SPEC §5)
+    reference: str     # normalised (recipe §5)
 
 
 def read_manifest(path: str, max_samples: int | None = None) -> list[Utterance]:
@@ -348,7 +348,7 @@ def read_manifest(path: str, max_samples: int | None = None) -> list[Utterance]:
 
 def fleurs_utterances(folder: str, split: str = "test", max_samples: int | None = None,
                       extract_dir: str | None = None) -> list[Utterance]:
-    """SPEC §10's rows as utterances; the wav name is the id (FLEURS repeats sentence ids across speakers)."""
+    """recipe §10's rows as utterances; the wav name is the id (FLEURS repeats sentence ids across speakers)."""
     if not os.path.isdir(folder):
         raise EvalInputError(f"{folder}: no such folder")
     return [Utterance(r.file, r.audio, r.reference) for r in read_fleurs(folder, split, max_samples, extract_dir)]
@@ -505,7 +505,7 @@ def format_compare(c: dict, path_a: str, path_b: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Corpus WER/CER (SPEC §10): of hypothesis files, of a model decoding a manifest or FLEURS, "
+        description="Corpus WER/CER (recipe §10): of hypothesis files, of a model decoding a manifest or FLEURS, "
                     "or two decoding runs compared.",
         epilog="Decoding runs: a row whose audio is missing or unreadable is reported on stderr (one line), "
                "counted as failed in the summary and scored as an empty hypothesis (all its words deleted); it "
@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "folder, or absolute) and text, optionally id")
     src.add_argument("--fleurs", metavar="DIR",
                      help="decode google/fleurs kk_kz: DIR/<split>.tsv and DIR/audio/<split>/ or "
-                          "DIR/audio/<split>.tar.gz (SPEC §10)")
+                          "DIR/audio/<split>.tar.gz (recipe §10)")
     src.add_argument("--compare", nargs=2, metavar=("A.jsonl", "B.jsonl"),
                      help="two --out files: WER/CER of each over the utterances both hold (matched by id) and "
                           "the fraction of paired bootstrap resamples in which A is strictly better")
@@ -529,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "an empty text); lines = line k against line k; auto = ids when any line of either "
                            "file has a tab (default: auto)")
     what.add_argument("--no-normalize", action="store_true",
-                      help="with --ref: score the texts as they are (default: normalise both, SPEC §5; decoding "
+                      help="with --ref: score the texts as they are (default: normalise both, recipe §5; decoding "
                            "runs always normalise)")
     data = p.add_argument_group("test set (decoding runs)")
     data.add_argument("--split", default="test", help="with --fleurs: which split's tsv and audio (default: test)")

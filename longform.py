@@ -1,6 +1,6 @@
 """Audio of any length: overlapping windows read one at a time, decoded apart, spliced at the seams.
 
-The model saw at most 15 s in training (SPEC §1), so a long file is cut into WINDOW_SECONDS windows that
+The model saw at most 15 s in training (recipe §1), so a long file is cut into WINDOW_SECONDS windows that
 overlap by OVERLAP_SECONDS (the last window is moved back to end with the file). Each window is read from
 disk alone (mel.read_resampled: soundfile seeks; other rates are resampled with a margin wide enough that the
 window's samples equal those of the whole file resampled), so memory is bounded by the window, whatever the
@@ -11,7 +11,7 @@ found by aligning the two word runs as difflib does, longest common runs first),
 of the overlap; without one, at the middle of the overlap by time. Edges, where a window cuts a word in
 two, are never used.
 
-Also the original's chunking (SPEC §9), kept for `--mode reference --chunked`: 15 s chunks every 12 s, a last
+Also the original's chunking (recipe §9), kept for `--mode reference --chunked`: 15 s chunks every 12 s, a last
 chunk under 1 s dropped, consecutive identical chunk texts removed, the rest joined with a space.
 Not here: voice activity detection, or splicing by anything but words.
 """
@@ -128,7 +128,7 @@ def spread_times(words: list[str], start: float, end: float) -> list[dict]:
 
 
 def reference_starts(n_samples: int) -> list[int]:
-    """Start samples of the original's chunks (SPEC §9) of n_samples: every 12 s; a last chunk under 1 s dropped.
+    """Start samples of the original's chunks (recipe §9) of n_samples: every 12 s; a last chunk under 1 s dropped.
 
     reference_starts(36.5 s) -> [0, 12 s, 24 s]; each chunk is the 15 s (or what is left) from its start.
     """
@@ -139,7 +139,7 @@ def reference_starts(n_samples: int) -> list[int]:
 
 
 def reference_chunks(wav: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-    """The original's chunks (SPEC §9) of a waveform: (start sample, 15 s of audio) at reference_starts."""
+    """The original's chunks (recipe §9) of a waveform: (start sample, 15 s of audio) at reference_starts."""
     return [(s, wav[s: s + mel.N_SAMPLES]) for s in reference_starts(wav.shape[-1])]
 
 

@@ -1,4 +1,4 @@
-"""Audio in, log-mel features out: the front end of the SozKZ ASR model (SPEC §1).
+"""Audio in, log-mel features out: the front end of the SozKZ ASR model (recipe §1).
 
 load_audio() reads any file libsndfile can (wav 16/24-bit/float, flac, ogg vorbis/opus, mp3), averages the
 channels and resamples to 16 kHz, in bounded memory and time whatever the header says: only regular files are

@@ -4,10 +4,10 @@ The assembled speech recogniser: encoder + projector + CTC head + frozen Llama d
     audio -> mel.py -> AudioEncoder -> Projector -> [audio embeddings | text embeddings] -> Llama -> text
                                   \\-> ctc_head -> CTC log-probs
 
-Two ways in (SPEC section 8):
+Two ways in (recipe §8):
 - `load_release(model.pt, llama_dir)`: the released checkpoint-92000 (a torch.save'd dict of every tensor not
   under `llm.`), dimensions inferred from its shapes, names checked strictly, the decoder's vocabulary
-  extended with the release's frozen mean rows (SPEC section 3 quirk).
+  extended with the release's frozen mean rows (recipe §3 quirk).
 - `save_model` / `load_model`: our own self-describing model folder
       config.json        encoder config, vocabulary size, how the decoder vocabulary was extended,
                          level_dbfs when the front end normalises the level (mel.normalize_level)
@@ -50,7 +50,7 @@ def extra_rows(llm: Llama) -> list:
 def decoder_prompt(llm: Llama, audio: torch.Tensor, lengths: torch.Tensor | None):
     """What the decoder reads before the text: audio (B, T', d), lengths (B,) or None -> prompt (B, P, d), lengths.
 
-    The release's prompt is the audio embeddings alone (SPEC section 4): P = T', lengths unchanged. Item b's prompt
+    The release's prompt is the audio embeddings alone (recipe §4): P = T', lengths unchanged. Item b's prompt
     is its first lengths[b] slots (right padding); lengths=None is the original's unmasked maths, every slot real.
     """
     return audio, lengths
@@ -143,7 +143,7 @@ class ASRModel(nn.Module):
 # the released checkpoint
 
 def infer_encoder_config(sd: dict, path) -> EncoderConfig:
-    """Encoder dimensions from the release's tensor shapes (SPEC section 8)."""
+    """Encoder dimensions from the release's tensor shapes (recipe §8)."""
     try:
         dim, n_mels, _ = sd["encoder.conv_stack.0.weight"].shape
         n_convs = len([k for k in sd if re.fullmatch(r"encoder\.conv_stack\.\d+\.weight", k)])
@@ -178,7 +178,7 @@ def load_release(checkpoint, decoder_dir, tokenizer_vocab: int | None = None, dt
     except Exception as e:
         raise ValueError(f"{checkpoint}: cannot read as a torch checkpoint ({type(e).__name__})") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{checkpoint}: expected a dict of tensors (SPEC section 8)")
+        raise ValueError(f"{checkpoint}: expected a dict of tensors (recipe §8)")
     check_finite(sd, checkpoint)
     enc_cfg = infer_encoder_config(sd, checkpoint)
     vocab = sd["ctc_head.weight"].shape[0] if "ctc_head.weight" in sd else None
@@ -192,11 +192,11 @@ def load_release(checkpoint, decoder_dir, tokenizer_vocab: int | None = None, dt
     if width != llm.config.dim:
         raise ValueError(f"{checkpoint}: projector outputs {width} but the decoder in {decoder_dir} is {llm.config.dim} wide")
     if vocab > llm.vocab_size:
-        llm.extend_vocab(vocab, trainable=False)  # SPEC section 3: the release's frozen mean rows
+        llm.extend_vocab(vocab, trainable=False)  # recipe §3: the release's frozen mean rows
     elif vocab < llm.vocab_size:
         raise ValueError(f"{checkpoint}: has {vocab} output ids, fewer than the decoder's {llm.vocab_size}")
     model = ASRModel(enc_cfg, llm, vocab)
-    # the extended rows are in no released file (SPEC section 3): they stay the mean rows extend_vocab made
+    # the extended rows are in no released file (recipe §3): they stay the mean rows extend_vocab made
     check_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("llm.")}, sd, checkpoint)
     model.load_state_dict(sd, strict=False)  # llm.* came from decoder_dir; everything else was checked above
     return model.to(device=device).eval()

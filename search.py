@@ -4,10 +4,10 @@ and ESPnet's scorers).
 - `DecoderState`: the decoder after the prompt (model.decoder_prompt); the beams of an utterance share its audio
   slots and grow their text as a tree in place (an ancestry mask says which slots each beam sees).
 - logit filters, `apply(logits (B, V), tokens)`: `RepetitionPenalty` and `NoRepeatNGram` are the release's two,
-  computed as Hugging Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (SPEC §9);
+  computed as Hugging Face's RepetitionPenaltyLogitsProcessor and NoRepeatNGramLogitsProcessor do (recipe §9);
   `logit_filters` builds the ones decode.py's flags ask for. Greedy, beam and joint search all apply them.
 - `greedy_tokens`: masked, batched greedy; with `release_filters()` it is the release's decoding
-  (`reference_greedy`: SPEC §9 to the token) for many utterances at once.
+  (`reference_greedy`: recipe §9 to the token) for many utterances at once.
 - `beam_search` over a list of weighted scorers: `DecoderScorer` (log p_att) alone is attention beam search;
   with a `CTCScorer` (log psi_ctc, ctc.CTCPrefixScorer) it is one-pass joint CTC/attention decoding (Watanabe et
   al. 2017; Hori et al. 2017): score = (1 - w) log p_att(h) + w log psi_ctc(h).
@@ -21,7 +21,7 @@ import torch
 from ctc import CTCPrefixScorer
 from model import decoder_prompt, predicting_positions, prompt_key_mask, text_positions
 
-EOS = 0  # <|endoftext|>: also the CTC blank (SPEC §6)
+EOS = 0  # <|endoftext|>: also the CTC blank (recipe §6)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -39,7 +39,7 @@ class DecoderState:
     the slot of the hypothesis it grew from), so the group's text is a tree kept in place, not copied.
     Groups are right-padded: group b's audio fills slots [0, lengths[b]) (the rest is masked) and its text
     continues at RoPE position lengths[b] + i, exactly as if it were alone. lengths=None is the original's
-    unmasked maths (SPEC §1 quirk): every prompt slot is audio.
+    unmasked maths (recipe §1 quirk): every prompt slot is audio.
     """
 
     def __init__(self, llm, audio: torch.Tensor, lengths: torch.Tensor | None = None, max_new: int = 256,
@@ -169,7 +169,7 @@ class NoRepeatNGram:
 
 
 def release_filters(penalty: float = 1.15, ngram: int = 3) -> list:
-    """The release's logit filters, in its order (SPEC §9)."""
+    """The release's logit filters, in its order (recipe §9)."""
     return [RepetitionPenalty(penalty), NoRepeatNGram(ngram)]
 
 
@@ -185,7 +185,7 @@ def logit_filters(repetition_penalty: float = 1.0, no_repeat_ngram: int = 0) -> 
 
 def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, penalty: float = 1.15,
                      ngram: int = 3) -> list[int]:
-    """SPEC §9 for one utterance: audio (1, T', d) -> ids, EOS excluded, stop after EOS or at max_tokens.
+    """recipe §9 for one utterance: audio (1, T', d) -> ids, EOS excluded, stop after EOS or at max_tokens.
 
     The first token is the plain argmax (no generated ids yet for the filters, as in HF); later steps apply the
     penalty, then the n-gram ban, then argmax. It is `greedy_tokens` with the release's filters, for one row.

@@ -1,6 +1,6 @@
 """Text normalisation and one small tokenizer interface over two backends.
 
-What it follows (SPEC §5, §6):
+What it follows (recipe §5, §6):
 - `normalize` is the FLEURS-style rule the release applied to training targets, references and
   hypotheses alike: lowercase -> every character whose Unicode category starts with P
   (punctuation) or S (symbol) becomes a space -> whitespace collapsed. Training text first drops
@@ -26,7 +26,7 @@ import unicodedata
 import sentencepiece as spm
 from tokenizers import Tokenizer as HFTokenizer
 
-# id layout of the release tokenizer, reused for our own sentencepiece models (SPEC §6)
+# id layout of the release tokenizer, reused for our own sentencepiece models (recipe §6)
 EOS_ID = 0    # <|endoftext|>: end of text, and the CTC blank
 PAD_ID = 1    # <|padding|>
 BOS_ID = 2    # <|startoftext|> (never fed to the model: the prompt has no BOS)
@@ -41,7 +41,7 @@ class TokenizerError(ValueError):
 
 
 def normalize(text: str, drop_tags: bool = False) -> str:
-    """SPEC §5 after NFC: "Сәлем, Әлем!" -> "сәлем әлем"; "6,5 %" -> "6 5"; "и\u0306" -> "й".
+    """recipe §5 after NFC: "Сәлем, Әлем!" -> "сәлем әлем"; "6,5 %" -> "6 5"; "и\u0306" -> "й".
 
     drop_tags first replaces every `<...>` tag with a space (a space, not nothing, so that
     "сөз<laugh>сөз" stays two words).
@@ -59,7 +59,7 @@ class Tokenizer:
     """encode/decode over a sentencepiece `.model` or a Hugging Face `tokenizer.json`.
 
     Use `Tokenizer.load(path)`. Both backends encode without special tokens and decode
-    skipping them; `eos_id` and `blank_id` are 0, `pad_id` is 1 (SPEC §6).
+    skipping them; `eos_id` and `blank_id` are 0, `pad_id` is 1 (recipe §6).
     """
 
     def __init__(self, path: str, backend: str, impl, eos_id: int, pad_id: int):
@@ -128,7 +128,7 @@ class Tokenizer:
 
     @property
     def blank_id(self) -> int:
-        """The CTC blank: id 0, the same id as EOS (SPEC §2, §6)."""
+        """The CTC blank: id 0, the same id as EOS (recipe §2, §6)."""
         return BLANK_ID
 
     @property
@@ -169,7 +169,7 @@ def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, mode
         input=text_file, model_prefix=tmp_prefix, vocab_size=vocab_size, model_type=model_type,
         character_coverage=1.0,   # keep every Kazakh letter; rare ones would otherwise become <unk>
         byte_fallback=True,       # anything unseen still encodes, as bytes
-        normalization_rule_name="identity",   # text is already normalised (SPEC §5); no NFKC
+        normalization_rule_name="identity",   # text is already normalised (recipe §5); no NFKC
         eos_id=EOS_ID, pad_id=PAD_ID, bos_id=BOS_ID, unk_id=UNK_ID,
         eos_piece="<|endoftext|>", pad_piece="<|padding|>", bos_piece="<|startoftext|>",
         minloglevel=2,            # the trainer is very chatty on stderr

@@ -1,5 +1,5 @@
 """
-Train the speech recogniser: the joint CE/CTC recipe of SozKZ OmniAudio v2 (SPEC sections 4 and 7).
+Train the speech recogniser: the joint CE/CTC recipe of SozKZ OmniAudio v2 (recipe §4, §7).
 
     python train.py --preset 300m --stage ctc --train train.jsonl --valid valid.jsonl --out runs/ctc
     python train.py --preset 300m --stage e2e --init runs/ctc/best --train ... --out runs/e2e
@@ -58,14 +58,14 @@ def arg(default, help):
 class TrainConfig:
     # what to train
     stage: str = arg("e2e", "ctc: encoder + CTC head on CTC alone; e2e: 0.7 CE + 0.3 CTC through the frozen decoder")
-    train: str = arg("", "training data: a JSONL manifest or parquet mel files (SPEC section 7)")
+    train: str = arg("", "training data: a JSONL manifest or parquet mel files (recipe §7)")
     valid: str = arg("", "validation data, same formats (optional)")
     tokenizer: str = arg("", "tokenizer file: sentencepiece .model or Hugging Face tokenizer.json")
     decoder: str = arg("", "Hugging Face Llama folder of the frozen decoder")
     init: str = arg("", "model folder to start from (e2e starts from the best ctc checkpoint)")
     encoder: str = arg("300m", f"encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}")
     out: str = arg("runs/asr", "output folder: checkpoint-{step}/, best/, log.jsonl")
-    # optimisation (the run behind checkpoint-92000, SPEC section 7)
+    # optimisation (the run behind checkpoint-92000, recipe §7)
     batch_size: int = arg(12, "utterances per micro-batch (per process)")
     grad_accum: int = arg(4, "micro-batches per optimiser step")
     lr: float = arg(2e-4, "peak learning rate (AdamW)")
@@ -81,7 +81,7 @@ class TrainConfig:
     # the original's flaws, fixed by default
     masks: bool = arg(True, "padding masks in encoder and decoder and true CTC lengths (--no-masks: the original)")
     vocab_fix: bool = arg(True, "train the decoder rows the base Llama lacks (--no-vocab-fix: frozen mean rows)")
-    # augmentation (SPEC section 1)
+    # augmentation (recipe §1)
     speed_perturb: bool = arg(True, "speed perturbation x{0.9, 1.0, 1.1} (audio manifests only)")
     spec_augment: bool = arg(True, "SpecAugment: 2 frequency masks <= 27 bins, 2 time masks <= 100 frames")
     spec_time_fraction: float = arg(1.0, "SpecAugment: each time mask also <= this fraction of the clip "
@@ -164,7 +164,7 @@ def ctc_loss(log_probs, lengths, tokens, token_lengths):
 
 
 def ce_targets(tokens, token_lengths, eos_id):
-    """What the L+1 predicting positions of ASRModel.forward must say (SPEC section 4): text, then EOS, then
+    """What the L+1 predicting positions of ASRModel.forward must say (recipe §4): text, then EOS, then
     nothing (-100): tokens [[5, 6], [7, 0]], lengths [2, 1] -> [[5, 6, EOS], [7, EOS, -100]]."""
     B, L = tokens.shape
     targets = torch.cat([tokens, torch.zeros(B, 1, dtype=tokens.dtype, device=tokens.device)], dim=1)
@@ -821,7 +821,7 @@ def train(cfg: TrainConfig):
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="300m", choices=list(PRESETS),
-                   help="300m: the released recipe (SPEC section 7); teach: the small CPU teaching model")
+                   help="300m: the released recipe (recipe §7); teach: the small CPU teaching model")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         helptext = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")

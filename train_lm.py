@@ -1,7 +1,7 @@
 """
 Pretrain a small Llama on Kazakh text, saved in Hugging Face format: the teaching model's frozen decoder.
 
-The released recipe starts from a Kazakh Llama pretrained elsewhere (SPEC section 3) and freezes it. The teaching
+The released recipe starts from a Kazakh Llama pretrained elsewhere (recipe §3) and freezes it. The teaching
 model does the same at toy scale, so `decoder.load_llama` reads ours exactly as it reads the real 300M base:
 
     python train_lm.py --text data/synth/text/lm.txt --tokenizer data/synth/tokenizer.model --out data/synth/llama

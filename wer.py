@@ -1,6 +1,6 @@
 """Word and character error rates, hand-written: Levenshtein alignment with edit operations.
 
-What it follows: jiwer (SPEC §10). WER = (S + D + I) / reference words over the whole corpus,
+What it follows: jiwer (recipe §10). WER = (S + D + I) / reference words over the whole corpus,
 CER the same over characters of the string, spaces included (jiwer's `cer`, which strips
 the ends but keeps inner spaces). When several alignments have the same cost their S/D/I
 counts can differ ("a b" -> "b c" is S S, or D = I); we take the one jiwer takes:

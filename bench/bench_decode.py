@@ -4,7 +4,7 @@
     python bench/bench_decode.py --steps 32      # a quick look
     python bench/bench_decode.py --parts 3       # only the batching throughput
 
-1. The release's decoding (SPEC §9) at the release's dimensions, random weights in its format: the 300m
+1. The release's decoding (recipe §9) at the release's dimensions, random weights in its format: the 300m
    encoder preset, a Llama 1024 wide / 18 layers / 16 heads / 3584 ffn with 50257 rows extended to 100000,
    15 s of audio. Ours (search.reference_greedy over our KVCache) against the original's way: transformers'
    LlamaForCausalLM.generate with its KV cache, repetition_penalty=1.15, no_repeat_ngram_size=3 (dev-only).
@@ -15,7 +15,7 @@
    the teaching model's size (encoder preset "teach", a 256-wide 4-layer Llama, 4000 ids). Goal: >= 4x.
 
 Timings are wall-clock on whatever else the machine is doing: report them with its load. `--device cuda` runs the
-same parts on a GPU (not measured here: no GPU was lent to this project's CPU machines).
+same parts on a GPU, with synchronised timings (bench/gpu_check.sh runs them all).
 Not here: accuracy (evaluate.py).
 """
 import argparse
@@ -51,7 +51,7 @@ def random_model(llm_dims: dict, encoder: str, vocab: int) -> ASRModel:
     llm = Llama(LlamaConfig(**llm_dims))
     with torch.no_grad():
         llm.tok_embeddings.weight[0] = 0.0
-    llm.extend_vocab(vocab, trainable=False)  # the release's frozen mean rows (SPEC §3)
+    llm.extend_vocab(vocab, trainable=False)  # the release's frozen mean rows (recipe §3)
     model = ASRModel(EncoderConfig(**ENCODER_PRESETS[encoder], dropout=0.0), llm.freeze(), vocab)
     return model.eval().requires_grad_(False).to(DEVICE)
 

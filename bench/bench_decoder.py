@@ -1,6 +1,6 @@
 """Benchmark decoder.py at the release's decoder size: prefill and one cached greedy step (B=1).
 
-Random weights built in memory (no download): the base Llama of SPEC §3 (50257 ids, hidden 1024, ffn 3584,
+Random weights built in memory (no download): the base Llama of recipe §3 (50257 ids, hidden 1024, ffn 3584,
 18 layers, 16 heads), extended to 100000 ids as the release does. A decoding step with batch 1 reads every
 weight once (the 100000-row output head included), so it is bound by memory bandwidth: the script prints the
 bytes a step reads, the GB/s achieved and the fraction of the --bandwidth floor, then the top ops from

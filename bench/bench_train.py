@@ -6,13 +6,13 @@
 Both variants share the same random weights, the same batch and a frozen decoder; the encoder, projector and CTC
 head train. One step = forward + backward (+ AdamW with --adamw).
 - ours:     train.Objective with the defaults (padding masks, label smoothing 0.1, CE logits only at the L+1
-            positions that predict text; SPEC section 4). "ours, no masks": the same with --no-masks and no
+            positions that predict text; recipe §4). "ours, no masks": the same with --no-masks and no
             smoothing, i.e. the original's maths; the two take turns step by step in one process.
 - original: transformers' LlamaForCausalLM(inputs_embeds=cat([audio, embed(text + EOS)]), labels) with -100 on the
             audio and padding, so it projects EVERY position (audio frames included) onto the vocabulary and takes its
             own shifted CE; CTC over the padded length; 0.7 CE + 0.3 CTC (transformers is dev-only, imported here).
 The decoder is one random HF Llama saved with save_pretrained and read by both transformers and decoder.load_llama,
-its vocabulary extended with frozen mean rows as the release (SPEC section 3). Each variant runs in a fresh
+its vocabulary extended with frozen mean rows as the release (recipe §3). Each variant runs in a fresh
 process: a step's peak memory is the growth of the resident set over what the step started with (VmHWM, reset
 before each step via /proc/self/clear_refs; glibc told to unmap freed tensors at once) on CPU,
 torch.cuda.max_memory_allocated growth on CUDA (bf16 autocast there). Wall and process CPU time are both reported.
@@ -165,7 +165,7 @@ def run_variant(args):
 
 
 def save_decoder(args, folder):
-    """One random HF Llama (the release's layout, SPEC section 3) written with save_pretrained."""
+    """One random HF Llama (the release's layout, recipe §3) written with save_pretrained."""
     import transformers
     transformers.utils.logging.disable_progress_bar()
     cfg = transformers.LlamaConfig(vocab_size=args.base_vocab, hidden_size=args.dim, intermediate_size=args.ffn,

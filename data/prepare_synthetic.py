@@ -10,7 +10,7 @@ Stage `text` downloads (once; cached in data/synth/debs) Debian packages that ca
 (LibreOffice, Firefox, Thunderbird, GNOME, Xfce, iso-codes, ...), reads the msgstr values of their
 `kk` .mo catalogues with `gettext.GNUTranslations` (and the .ftl/.properties files inside the Mozilla
 language-pack .xpi), cleans them into short Kazakh Cyrillic segments (accelerators and tags removed, sentences
-with placeholders dropped, small numbers spelt out in Kazakh), normalises them as FLEURS does (SPEC §5),
+with placeholders dropped, small numbers spelt out in Kazakh), normalises them as FLEURS does (recipe §5),
 de-duplicates and shuffles them with a seed. The first --n-test lines become the test sentences, the next --n-valid the validation sentences, and every
 other line goes to lm.txt (text for language-model pretraining, never containing a valid/test sentence).
 Each package's version and licence go to data/synth/SOURCES.tsv.
@@ -54,6 +54,8 @@ import numpy as np
 import soundfile as sf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+from tokenizer import normalize  # noqa: E402  the one normalisation of targets, references and hypotheses (recipe §5)
 OUT_DIR = REPO_ROOT / "data" / "synth"
 
 SAMPLE_RATE = 16000  # = mel.SAMPLE_RATE; espeak-ng speaks at 22050 Hz, sox resamples
@@ -178,12 +180,6 @@ def fix_latin_i(text: str) -> str:
         word = m.group()
         return word.replace("i", "і").replace("I", "І") if CYRILLIC_RE.search(word) else word
     return re.sub(r"\w+", fix, text)
-
-
-def normalize(text: str) -> str:
-    """FLEURS normalisation (SPEC §5): lowercase, Unicode P*/S* -> space, collapse spaces."""
-    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in text.lower())
-    return " ".join(text.split())
 
 
 def is_kazakh(segment: str, min_words: int = 2, max_words: int = 12) -> bool:

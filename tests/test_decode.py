@@ -45,7 +45,7 @@ def audio_embeds(tiny, seconds=(2.0, 1.2, 3.1)):
 # the release's decoding
 
 def naive_reference(llm, audio, max_tokens, penalty=1.15, n=3):
-    """SPEC §9 without a cache: the whole sequence recomputed at every step, the rules written out plainly."""
+    """recipe §9 without a cache: the whole sequence recomputed at every step, the rules written out plainly."""
     tokens, prompt = [], decoder_prompt(llm, audio, None)[0]  # the prompt as model.py defines it
     while len(tokens) < max_tokens:
         x = prompt if not tokens else torch.cat([prompt, llm.embed(torch.tensor([tokens]))], dim=1)

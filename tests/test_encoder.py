@@ -1,4 +1,4 @@
-"""The conv-subsampling encoder (SPEC section 2): shapes, names, RoPE and RMSNorm maths, padding masks."""
+"""The conv-subsampling encoder (recipe §2): shapes, names, RoPE and RMSNorm maths, padding masks."""
 import re
 
 import torch
@@ -10,9 +10,9 @@ TINY = EncoderConfig(n_mels=80, dim=64, n_heads=4, n_layers=2, n_convs=2, dropou
 
 
 def test_ffn_width_and_subsampling_match_the_release():
-    assert EncoderConfig(**ENCODER_PRESETS["300m"]).ffn_dim == 1728  # SPEC section 8: gate_proj [1728, 640]
+    assert EncoderConfig(**ENCODER_PRESETS["300m"]).ffn_dim == 1728  # recipe §8: gate_proj [1728, 640]
     assert EncoderConfig(**ENCODER_PRESETS["150m"]).ffn_dim == 1408  # int(512 * 8 / 3) = 1365 -> 1408
-    # 15 s = 1501 frames -> 751 -> 376 (SPEC section 2)
+    # 15 s = 1501 frames -> 751 -> 376 (recipe §2)
     assert subsampled_lengths(torch.tensor([1501, 1500, 7, 1]), 2).tolist() == [376, 375, 2, 1]
     enc = AudioEncoder(TINY).eval()
     x, _ = enc(torch.randn(2, 80, 1501))
@@ -38,7 +38,7 @@ def test_300m_names_shapes_and_size_match_the_release():
     assert per_layer == {f"{n}.{w}" for n in ["q_proj", "k_proj", "v_proj", "o_proj"] for w in ["weight", "bias"]} | {
         "norm1.weight", "norm2.weight", "gate_proj.weight", "up_proj.weight", "down_proj.weight"}
     n = sum(torch.Size(s).numel() for s in sd.values())
-    assert abs(n / 1e6 - 135.6) < 0.1  # SPEC section 8: ~135.6M parameters
+    assert abs(n / 1e6 - 135.6) < 0.1  # recipe §8: ~135.6M parameters
 
 
 def test_rmsnorm_is_computed_in_float32_and_cast_back():

@@ -1,4 +1,4 @@
-"""The assembled model: the release's model.pt layout (SPEC section 8) and our own model folders."""
+"""The assembled model: the release's model.pt layout (recipe §8) and our own model folders."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""normalize (SPEC §5) on a table of cases, and Tokenizer over both backends built inside the test."""
+"""normalize (recipe §5) on a table of cases, and Tokenizer over both backends built inside the test."""
 import pytest
 
 from tokenizer import Tokenizer, TokenizerError, normalize, train_sentencepiece
@@ -102,7 +102,7 @@ def test_hf_round_trip_and_no_specials(hf_tok):
 def test_hf_decode_skips_specials_and_split_mark(hf_tok):
     ids = hf_tok.encode("ғылым мен өнер")
     assert hf_tok.decode([2] + ids + [0, 1, 1]) == "ғылым мен өнер"
-    # \x1F is a morpheme boundary the pre-tokenizer removes (SPEC §6)
+    # \x1F is a morpheme boundary the pre-tokenizer removes (recipe §6)
     assert hf_tok.decode(hf_tok.encode("ғылым\x1fмен")) == "ғылыммен"
 
 

@@ -179,7 +179,7 @@ def test_non_finite_step_is_skipped(setup, tmp_path, monkeypatch, capsys):
 
 
 def test_parquet_mel_dataset_reads_the_release_layout(setup, tmp_path):
-    """SPEC section 7: `mel` holds np.save bytes of a float16 (80, T) log-mel, beside `text` and `duration`."""
+    """recipe §7: `mel` holds np.save bytes of a float16 (80, T) log-mel, beside `text` and `duration`."""
     pa = pytest.importorskip("pyarrow")
     import io
     import pyarrow.parquet as pq
