@@ -518,6 +518,35 @@ def prune_checkpoints(out, keep):
 # ---------------------------------------------------------------------------------------------------------------
 # checks before the first step: bad input stops here with one line naming the file, not mid-run
 
+def check_config(cfg: TrainConfig):
+    """ValueError naming the first flag out of range (argparse checks only the type; nan passes it)."""
+    choices = dict(stage=("ctc", "e2e"), dtype=("auto", "bfloat16", "float32"), encoder=tuple(ENCODER_PRESETS))
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"--{name} {getattr(cfg, name)}: must be one of {', '.join(allowed)}")
+    if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
+        raise ValueError(f"--device {cfg.device}: must be auto, cpu, cuda or cuda:N")
+    if not cfg.train or not cfg.tokenizer:
+        raise ValueError("--train and --tokenizer are required")
+    ranges = [  # written so that nan fails them: every comparison with nan is False
+        ("batch_size", cfg.batch_size >= 1, ">= 1"), ("grad_accum", cfg.grad_accum >= 1, ">= 1"),
+        ("lr", 0 < cfg.lr < math.inf, "> 0"), ("warmup", 0 <= cfg.warmup < 1, "in [0, 1)"),
+        ("weight_decay", 0 <= cfg.weight_decay < math.inf, ">= 0"), ("clip", 0 < cfg.clip < math.inf, "> 0"),
+        ("epochs", cfg.epochs >= 0, ">= 0"), ("max_steps", cfg.max_steps >= 0, ">= 0"),
+        ("ctc_weight", 0 <= cfg.ctc_weight <= 1, "in [0, 1]"),
+        ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        ("max_seconds", 0 < cfg.max_seconds < math.inf, "> 0"), ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
+        ("save_every", cfg.save_every >= 1, ">= 1"), ("keep", cfg.keep >= 0, ">= 0 (0 keeps all)"),
+        ("eval_every", cfg.eval_every >= 0, ">= 0"), ("eval_wer", cfg.eval_wer >= 0, ">= 0"),
+        ("log_every", cfg.log_every >= 1, ">= 1"), ("num_workers", cfg.num_workers >= 0, ">= 0"),
+        ("max_bad_steps", cfg.max_bad_steps >= 1, ">= 1"),
+        ("max_bad_fraction", 0 <= cfg.max_bad_fraction <= 1, "in [0, 1]"), ("stop_at", cfg.stop_at >= 0, ">= 0"),
+    ]
+    for name, ok, want in ranges:
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {want}")
+
+
 def skipped_note(dataset):
     """' (all 5 rows skipped: 4 longer than 15 s, 1 empty text)' or ' (no rows)'."""
     if not dataset.n_rows:
@@ -690,6 +719,7 @@ def validate(objective, loader, cfg, device, ctx, tokenizer, n_wer):
 # the loop
 
 def train(cfg: TrainConfig):
+    check_config(cfg)
     # processes: torchrun sets RANK/WORLD_SIZE; one process otherwise
     ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -834,11 +864,7 @@ def parse_args(argv=None) -> TrainConfig:
     for k, v in a.items():
         if v is not None:
             setattr(cfg, k, v)
-    if cfg.stage not in ("ctc", "e2e"):
-        p.error(f"--stage must be ctc or e2e, not {cfg.stage}")
-    if not cfg.train or not cfg.tokenizer:
-        p.error("--train and --tokenizer are required")
-    return cfg
+    return cfg  # checked by check_config, so that train(cfg) called from python is checked too
 
 
 def main(argv=None):

@@ -429,3 +429,22 @@ def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, caps
     save_llama(llm, tmp_path / "llm")
     main_error(capsys, config(tiny, data, tmp_path / "out", decoder=str(tmp_path / "llm")), tmp_path / "llm",
                "non-finite weights in tok_embeddings.weight (1 of")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# flags out of range
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(batch_size=0), "--batch-size 0: must be >= 1"),
+    (dict(lr=float("nan")), "--lr nan: must be > 0"),
+    (dict(warmup=1.0), "--warmup 1.0: must be in [0, 1)"),
+    (dict(ctc_weight=-0.1), "--ctc-weight -0.1: must be in [0, 1]"),
+    (dict(max_seconds=float("inf")), "--max-seconds inf: must be > 0"),
+    (dict(max_bad_fraction=2.0), "--max-bad-fraction 2.0: must be in [0, 1]"),
+    (dict(dtype="float16"), "--dtype float16: must be one of auto, bfloat16, float32"),
+    (dict(device="tpu"), "--device tpu: must be auto"),
+    (dict(stage="lm"), "--stage lm: must be one of ctc, e2e"),
+])
+def test_a_flag_out_of_range_is_one_line(tiny, data, tmp_path, capsys, kw, says):
+    main_error(capsys, config(tiny, data, tmp_path / "out", **kw), says)
+    assert not (tmp_path / "out").exists()  # refused before anything is written
