@@ -38,12 +38,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from augment import AugmentConfig
 from dataset import BatchSampler, collate, open_dataset
-from decoder import load_llama
+from decoder import CheckpointError, load_llama, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
 from model import ASRModel, check_state_dict, extra_rows, load_model, save_model
@@ -219,14 +218,11 @@ def get_lr(step, cfg: TrainConfig, max_steps):
 def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     """A fresh model (encoder preset + frozen decoder) or one loaded from --init; then choose what trains."""
     if cfg.init:
-        model = load_init(cfg)
+        model = load_model(cfg.init, decoder=cfg.decoder or None)  # checks every tensor, finite ones only
     else:
         if not cfg.decoder:
             raise ValueError("--decoder (a Hugging Face Llama folder) is needed for a fresh model")
         llm = load_llama(cfg.decoder)
-        bad = non_finite(llm.state_dict())
-        if bad:
-            raise ValueError(f"{cfg.decoder}: non-finite weights in {bad}; not a decoder to train through")
         if tokenizer.vocab_size > llm.vocab_size:
             llm.extend_vocab(tokenizer.vocab_size, trainable=cfg.vocab_fix)
         enc_cfg = EncoderConfig(**ENCODER_PRESETS[cfg.encoder], dropout=cfg.dropout)
@@ -248,24 +244,6 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     if cfg.stage == "e2e" and cfg.vocab_fix:
         for rows in extra_rows(model.llm):  # only rows the base Llama lacks; base rows stay frozen
             rows.requires_grad_(True)
-    return model
-
-
-def load_init(cfg: TrainConfig) -> ASRModel:
-    """The --init model folder, refused in one line if damaged or holding NaN/inf (training would only spread it)."""
-    try:
-        model = load_model(cfg.init, decoder=cfg.decoder or None)
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors' or json's errors on a damaged folder
-        raise ValueError(f"{cfg.init}: damaged model folder ({type(e).__name__})") from None
-    bad = non_finite(model.own_state_dict())
-    if bad:
-        raise ValueError(f"{Path(cfg.init) / 'model.safetensors'}: non-finite weights in {bad}; "
-                         "not a model to start from")
-    bad = non_finite(model.llm.state_dict())
-    if bad:
-        raise ValueError(f"{cfg.init}: its decoder has non-finite weights in {bad}")
     return model
 
 
@@ -434,34 +412,20 @@ def read_trainer_file(path):
     return state
 
 
-def non_finite(sd: dict):
-    """'name (n values)' of the first tensor holding NaN or inf, else None."""
-    for name, t in sd.items():
-        bad = int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
-        if bad:
-            return f"{name} ({bad} of {t.numel()} values)"
-    return None
-
-
 def read_weights(folder, model):
     """folder/model.safetensors, checked strictly against `model` (names, shapes) and for NaN/inf."""
     path = Path(folder) / "model.safetensors"
     try:
-        sd = load_file(path)
-    except FileNotFoundError:
-        raise DamagedCheckpoint(f"{path}: missing") from None
-    except Exception as e:  # safetensors' errors: cut short, bad header
-        raise DamagedCheckpoint(f"{path}: damaged ({type(e).__name__})") from None
+        sd = read_safetensors(str(path))  # every tensor read and checked finite
+    except CheckpointError as e:
+        raise DamagedCheckpoint(str(e)) from None
     check_state_dict(model.own_state_dict(), sd, path)  # another model's checkpoint: an error, not damage
-    bad = non_finite(sd)
-    if bad:
-        raise DamagedCheckpoint(f"{path}: non-finite weights in {bad}")
     return sd
 
 
 # settings that may change on --resume without changing what is trained (where and how often things are written)
 FREE_ON_RESUME = {"resume", "allow_changes", "stop_at", "out", "valid", "device", "num_workers", "save_every", "keep",
-                  "eval_every", "eval_wer", "log_every", "max_bad_steps", "max_bad_fraction"}
+                  "eval_every", "eval_wer", "eval_listen", "log_every", "max_bad_steps", "max_bad_fraction"}
 
 
 def changed_settings(saved: dict, cfg: TrainConfig):
@@ -541,7 +505,10 @@ def check_config(cfg: TrainConfig):
         ("log_every", cfg.log_every >= 1, ">= 1"), ("num_workers", cfg.num_workers >= 0, ">= 0"),
         ("max_bad_steps", cfg.max_bad_steps >= 1, ">= 1"),
         ("max_bad_fraction", 0 <= cfg.max_bad_fraction <= 1, "in [0, 1]"), ("stop_at", cfg.stop_at >= 0, ">= 0"),
-    ]
+        ("spec_time_fraction", 0 < cfg.spec_time_fraction <= 1, "in (0, 1]"),
+        ("eval_listen", cfg.eval_listen >= 0, ">= 0"), ("aug_gain_db", 0 <= cfg.aug_gain_db < math.inf, ">= 0"),
+    ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
+         for p in ("aug_reverb", "aug_noise", "aug_telephone", "aug_gain")]
     for name, ok, want in ranges:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {want}")

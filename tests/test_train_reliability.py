@@ -311,8 +311,8 @@ def nan_weights(path):
 @pytest.mark.parametrize("name, damage, says", [
     ("trainer.pt", cut, "damaged or not a torch file"),
     ("trainer.pt", lambda p: p.write_bytes(b"\x00garbage" * 100), "damaged or not a torch file"),
-    ("model.safetensors", cut, "damaged"),
-    ("model.safetensors", nan_weights, "non-finite weights in ctc_head.bias (1 of"),
+    ("model.safetensors", cut, "not a readable safetensors file"),
+    ("model.safetensors", nan_weights, "tensor ctc_head.bias holds NaN or inf"),
 ])
 def test_resume_falls_back_to_the_newest_intact_checkpoint(tiny, data, tmp_path, capsys, name, damage, says):
     straight = T.train(config(tiny, data, tmp_path / "a", max_steps=4))
@@ -411,14 +411,15 @@ def test_init_with_non_finite_weights_is_refused(tiny, data, tmp_path, capsys):
     T.train(config(tiny, data, tmp_path / "ctc", max_steps=1))
     init = tmp_path / "ctc" / "checkpoint-1"
     T.train(config(tiny, data, tmp_path / "ok", init=str(init), max_steps=1))  # the intact folder starts a run
-    sd = T.load_file(init / "model.safetensors")
+    from safetensors.torch import load_file, save_file
+    sd = load_file(init / "model.safetensors")
     sd["encoder.layers.0.k_proj.weight"][0, :3] = float("inf")
-    from safetensors.torch import save_file
     save_file(sd, init / "model.safetensors")
     main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init / "model.safetensors",
-               "non-finite weights in encoder.layers.0.k_proj.weight (3 of")
+               "encoder.layers.0.k_proj.weight holds NaN or inf")
     cut(init / "model.safetensors")
-    main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init, "damaged model folder")
+    main_error(capsys, config(tiny, data, tmp_path / "e2e", init=str(init)), init / "model.safetensors",
+               "not a readable safetensors file")
 
 
 def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, capsys):
@@ -428,7 +429,7 @@ def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, caps
         llm.tok_embeddings.weight[5, 0] = float("nan")
     save_llama(llm, tmp_path / "llm")
     main_error(capsys, config(tiny, data, tmp_path / "out", decoder=str(tmp_path / "llm")), tmp_path / "llm",
-               "non-finite weights in tok_embeddings.weight (1 of")
+               "embed_tokens.weight holds NaN or inf")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -444,6 +445,7 @@ def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, caps
     (dict(dtype="float16"), "--dtype float16: must be one of auto, bfloat16, float32"),
     (dict(device="tpu"), "--device tpu: must be auto"),
     (dict(stage="lm"), "--stage lm: must be one of ctc, e2e"),
+    (dict(aug_noise=1.5), "--aug-noise 1.5: must be a probability in [0, 1]"),
 ])
 def test_a_flag_out_of_range_is_one_line(tiny, data, tmp_path, capsys, kw, says):
     main_error(capsys, config(tiny, data, tmp_path / "out", **kw), says)
