@@ -10,7 +10,9 @@ width U[0, 27], 2 time masks of width U[0, 100], filled with 0.0); beyond the re
 (reverb, noise, telephone band, gain; babble from a small pool of the set's own utterances) and mel.normalize_level
 before the log-mel, when a model folder uses it. Each item's randomness comes from
 (seed, epoch, index), so a resumed run sees exactly the batches and masks an uninterrupted one would.
-A bad row (missing or unreadable audio, empty text, too long) becomes None and is counted, never a crash.
+Rows with empty text or longer than the window are skipped (and counted by reason); drop_unreadable() reads every
+row's audio header up front and drops the unreadable ones; a row that still fails when read becomes None and is
+counted, never a crash. A mistyped manifest line is an error naming file:line.
 """
 import io
 import json

@@ -14,6 +14,10 @@ a flag (--no-masks --no-vocab-fix --label-smoothing 0 give back the original's m
 CE logits are computed only at the text positions (the original projected every audio frame onto 100k ids).
 Gradient accumulation normalises by the tokens (CE) and utterances (CTC) of the whole accumulation window, so
 batch 2 x accumulation 2 gives the same update as batch 4 x 1.
+
+Before the first step, bad input stops the run with one line naming the file and the problem, exit 2 (check_config,
+drop_unreadable, check_plan, resume); one run at a time holds --out/train.lock. trainer.pt holds only tensors and
+plain containers and is loaded with weights_only=True, so a checkpoint never runs code.
 """
 import argparse
 import json
@@ -28,10 +32,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-try:
-    import fcntl  # the output folder's lock; absent on Windows, where the pid alone decides
-except ImportError:
-    fcntl = None
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -46,6 +46,7 @@ from decoder import CheckpointError, load_llama, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
 from model import ASRModel, check_state_dict, extra_rows, load_model, save_model
+from run_folder import WRITE_ERRORS, Log, lock_out, release_out, remove_stale_temporaries, write_problem, write_text
 from tokenizer import Tokenizer
 
 
@@ -307,20 +308,6 @@ def set_rng_state(rng):
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)  # torch.save reports a full disk as a RuntimeError
-
-
-def write_problem(e, folder):
-    """Why a write failed, in a few words: the OS's reason, else the free space left (what is usually wrong)."""
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror
-    try:
-        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
-    except OSError:
-        free = "free space unknown"
-    return f"write failed, {free}"
-
-
 def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
     """Write into a temporary folder, then rename: a crash or a full disk never leaves a half-written checkpoint,
     and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so loading it
@@ -344,44 +331,6 @@ def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
                          "the earlier ones are intact") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def remove_stale_temporaries(out: Path, master=True):
-    """
-    What runs killed mid-write left in `out`: half-written folders and files are removed; a folder caught between
-    its two renames (moved to .old-*, the new one not yet in place) is put back.
-    """
-    for old in [*out.glob(".old-checkpoint-*"), *out.glob(".best.old")]:
-        final = out / (old.name[len(".old-"):] if old.name.startswith(".old-") else "best")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-    stale = [p for pattern in (".tmp-checkpoint-*", "..tmp-checkpoint-*", ".best.*", ".*.tmp-*")
-             for p in out.glob(pattern)]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if stale and master:
-        print(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted run")
-
-
-class Log:
-    """log.jsonl, appended to: a failed write (a full disk) is an OSError naming the file."""
-
-    def __init__(self, path: Path):
-        self.path, self.f = path, open(path, "a", encoding="utf-8")
-
-    def write(self, text):
-        self.named(self.f.write, text)
-
-    def flush(self):
-        self.named(self.f.flush)
-
-    def named(self, fn, *args):
-        try:
-            fn(*args)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
 
 class DamagedCheckpoint(ValueError):
@@ -522,59 +471,6 @@ def skipped_note(dataset):
     return f" (all {dataset.n_rows} rows skipped: {reasons})" if reasons else ""
 
 
-HELD_LOCKS = {}  # output folder -> this process's open train.lock
-
-
-def lock_out(out: Path):
-    """
-    Take out/train.lock, so a second run on the same folder is refused instead of mixing checkpoints. The lock is
-    an flock, which the kernel drops when its process dies: a killed run never leaves the folder stuck. The file
-    holds the pid, for the message (and decides alone where the file system has no flock).
-    """
-    release_out(out)  # an earlier train() of this process that ended in an error
-    path = out / "train.lock"
-    f = open(path, "a+")
-    f.seek(0)
-    holder = f.read().strip()
-    try:
-        if fcntl is None:
-            raise OSError("no fcntl")
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise ValueError(f"{path}: another run (pid {holder or '?'}) is training in this folder") from None
-    except OSError:
-        if holder.isdigit() and int(holder) != os.getpid() and pid_alive(int(holder)):
-            f.close()
-            raise ValueError(f"{path}: another run (pid {holder}) is training in this folder") from None
-    if holder and holder != str(os.getpid()):
-        print(f"warning: {path}: the run that held it (pid {holder}) is gone; taking it over")
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    HELD_LOCKS[out.resolve()] = f
-
-
-def release_out(out: Path):
-    """Give train.lock back (emptied: the next run sees a clean end, not a dead pid)."""
-    f = HELD_LOCKS.pop(Path(out).resolve(), None)
-    if f is not None:
-        f.seek(0)
-        f.truncate()
-        f.close()  # closing drops the flock
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
 SHOW_BAD_ROWS = 5  # unreadable rows named in the log; bad_rows.tsv has them all
 
 
@@ -609,16 +505,6 @@ def drop_unreadable(sets, cfg: TrainConfig, out: Path, master):
             tsv.unlink()  # an earlier run's list would be taken for this one's
     if errors:
         raise ValueError(errors[0])
-
-
-def write_text(path: Path, text: str):
-    """Write a text file through a temporary file and a rename: never half written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_plan(cfg: TrainConfig, dataset, n_batches, world, max_steps):

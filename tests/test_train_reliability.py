@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import run_folder
 import train as T
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,14 +271,14 @@ def test_a_row_without_duration_gets_the_files_and_the_length_filter(tiny, data,
 def test_a_second_run_on_the_same_out_is_refused(tiny, data, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    T.lock_out(out)  # this process is "the first run"
+    run_folder.lock_out(out)  # this process is "the first run"
     try:
         assert (out / "train.lock").read_text().strip() == str(T.os.getpid())
         proc = run_train(cli(config(tiny, data, out)))
         one_line_error(proc, out / "train.lock", f"pid {T.os.getpid()}")
         assert not list(out.glob("checkpoint-*"))
     finally:
-        T.release_out(out)
+        run_folder.release_out(out)
 
 
 def test_the_lock_of_a_dead_run_is_taken_over(tiny, data, tmp_path, capsys):
@@ -450,3 +451,18 @@ def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, caps
 def test_a_flag_out_of_range_is_one_line(tiny, data, tmp_path, capsys, kw, says):
     main_error(capsys, config(tiny, data, tmp_path / "out", **kw), says)
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_folder, "fcntl", None)  # a file system (or OS) without flock
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "train.lock").write_text(f"{alive.pid}\n")
+        with pytest.raises(ValueError, match=f"another run \\(pid {alive.pid}\\)"):
+            run_folder.lock_out(tmp_path)
+    finally:
+        alive.kill()
+        alive.wait()
+    run_folder.lock_out(tmp_path)  # now its pid is dead: taken over
+    assert (tmp_path / "train.lock").read_text().strip() == str(T.os.getpid())
+    run_folder.release_out(tmp_path)
