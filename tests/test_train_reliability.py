@@ -466,3 +466,31 @@ def test_without_flock_the_pid_in_the_lock_decides(tmp_path, monkeypatch):
     run_folder.lock_out(tmp_path)  # now its pid is dead: taken over
     assert (tmp_path / "train.lock").read_text().strip() == str(T.os.getpid())
     run_folder.release_out(tmp_path)
+
+
+def test_parquet_rows_with_bad_mels_are_named_by_file_and_row(tiny, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import io
+    import pyarrow.parquet as pq
+    from dataset import open_dataset
+
+    def blob(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    good = blob(np.zeros((80, 60), np.float16))
+    mels = [good, b"not npy", good[:-10], blob(np.zeros(80, np.int64)), good]
+    pq.write_table(pa.table(dict(mel=mels, text=["сәлем"] * 5, duration=[0.6] * 5)), tmp_path / "a.parquet")
+    ds = open_dataset(tmp_path / "a.parquet", tiny.tok)
+    bad = [(row["_source"], row["_line"], problem) for row, problem in ds.drop_unreadable()]
+    assert bad == [(str(tmp_path / "a.parquet"), 2, "mel is not np.save bytes"),
+                   (str(tmp_path / "a.parquet"), 3, "mel is truncated"),
+                   (str(tmp_path / "a.parquet"), 4, "mel is int64 (80,), not a float (n_mels, T) array")]
+    assert len(ds) == 2
+    pq.write_table(pa.table(dict(mel=mels[:1], text=[5], duration=[0.6])), tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match="b.parquet: column text is int64, not strings"):
+        open_dataset(tmp_path / "b.parquet", tiny.tok)
+    pq.write_table(pa.table(dict(mel=mels[:1], duration=[0.6])), tmp_path / "c.parquet")
+    with pytest.raises(ValueError, match="c.parquet: not a parquet mel file"):
+        open_dataset(tmp_path / "c.parquet", tiny.tok)
