@@ -428,9 +428,9 @@ def test_a_failed_out_write_keeps_the_summary_and_a_failure_is_exit_1(tiny, tmp_
 # 5. a seeded fuzz of decode.py
 
 def test_fuzz_200_mutated_wavs_in_process_under_a_memory_cap(tiny, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_decode.py"), "--model", str(tiny.folder),
-                        "--n", "200", "--seed", "0", "--dir", str(tmp_path / "m"), "--limit-gb", str(MEMORY_CAP / 2**30)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = ["--model", tiny.folder, "--n", 200, "--seed", 0, "--dir", tmp_path / "m", "--limit-gb", MEMORY_CAP / 2**30]
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_decode.py"), *map(str, argv)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     report = json.loads(r.stdout)
     transcribed, kinds = [], set()
