@@ -114,7 +114,7 @@ def test_rates_outside_the_range_and_endless_headers_are_refused(tmp_path):
 
 
 def test_109kb_wavs_claiming_odd_rates_decode_in_bounded_memory(tiny, tmp_path):
-    """The adversarial case: a 109 kB wav whose header says 44101 Hz (or 7919 Hz) allocated tens of GB."""
+    """A 109 kB wav whose header says 44101 Hz (or 7919 Hz): gcd-reduced rates would need a kernel of many GB."""
     files = [wav_with_rate(tmp_path / f"odd{r}.wav", r) for r in (44101, 7919)]
     sf.write(tmp_path / "good.wav", wave(1.0, 1).numpy(), SAMPLE_RATE)
     files.append(tmp_path / "good.wav")
