@@ -4,8 +4,8 @@ load_audio() reads any file libsndfile can (wav 16/24-bit/float, flac, ogg vorbi
 channels and resamples to 16 kHz, in bounded memory and time whatever the header says: only regular files are
 opened, rates outside 1000..768000 Hz and claims of more than 12 h are refused, a file is read 256 kB at a
 time, and the resampler's kernel is capped (resample_ratio). log_mel_spectrogram() computes the features the
-release was trained on: torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)` with every other argument
-at its default, then `log(clamp(mel, 1e-10))`. Both are re-derived here on plain torch.stft / conv1d, so torchaudio
+release was trained on: torchaudio's `MelSpectrogram(sample_rate=16000, n_fft=400, hop_length=160, n_mels=80)`
+with every other argument at its default, then `log(clamp(mel, 1e-10))`. Both are re-derived here on plain torch.stft / conv1d, so torchaudio
 is never needed; tests/test_mel.py checks them against librosa and against analytic references.
 
 normalize_level() is an optional step before the log-mel (off for the release; a model folder turns it on).

@@ -114,7 +114,7 @@ def test_rates_outside_the_range_and_endless_headers_are_refused(tmp_path):
 
 
 def test_109kb_wavs_claiming_odd_rates_decode_in_bounded_memory(tiny, tmp_path):
-    """The adversarial case: a 109 kB wav whose header says 44101 Hz (or 7919 Hz) allocated tens of GB."""
+    """A 109 kB wav whose header says 44101 Hz (or 7919 Hz): gcd-reduced rates would need a kernel of many GB."""
     files = [wav_with_rate(tmp_path / f"odd{r}.wav", r) for r in (44101, 7919)]
     sf.write(tmp_path / "good.wav", wave(1.0, 1).numpy(), SAMPLE_RATE)
     files.append(tmp_path / "good.wav")
@@ -428,9 +428,9 @@ def test_a_failed_out_write_keeps_the_summary_and_a_failure_is_exit_1(tiny, tmp_
 # 5. a seeded fuzz of decode.py
 
 def test_fuzz_200_mutated_wavs_in_process_under_a_memory_cap(tiny, tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_decode.py"), "--model", str(tiny.folder),
-                        "--n", "200", "--seed", "0", "--dir", str(tmp_path / "m"), "--limit-gb", str(MEMORY_CAP / 2**30)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    argv = ["--model", tiny.folder, "--n", 200, "--seed", 0, "--dir", tmp_path / "m", "--limit-gb", MEMORY_CAP / 2**30]
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz_decode.py"), *map(str, argv)], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     report = json.loads(r.stdout)
     transcribed, kinds = [], set()
