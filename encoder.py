@@ -20,11 +20,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from decoder import RMSNorm, apply_rope, rope_tables  # the same RMSNorm and rotate-half RoPE as the Llama decoder
+from mel import N_MELS
 
 
 @dataclass
 class EncoderConfig:
-    n_mels: int = 80            # log-mel bins in
+    n_mels: int = N_MELS        # log-mel bins in (80); the front end computes as many (decode.py, dataset.py)
     dim: int = 640              # model width d
     n_heads: int = 10           # attention heads (head_dim = dim / n_heads = 64)
     n_layers: int = 14          # transformer blocks

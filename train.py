@@ -41,13 +41,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from atomic import atomic_folder, clean_up, write_text
 from augment import AugmentConfig
 from dataset import BatchSampler, collate, open_dataset
 from decoder import load_llama
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
-from model import ASRModel, check_state_dict, extra_rows, load_model, save_model
-from tokenizer import Tokenizer
+from model import ASRModel, check_state_dict, extra_rows, load_model, save_model, write_model_files
+from tokenizer import BLANK_ID, Tokenizer
 
 
 def arg(default, help):
@@ -74,7 +75,8 @@ class TrainConfig:
     clip: float = arg(1.0, "gradient-norm clipping")
     epochs: int = arg(5, "passes over the training data")
     max_steps: int = arg(0, "optimiser steps; 0 = epochs x steps per epoch")
-    ctc_weight: float = arg(0.3, "e2e loss = (1 - w) CE + w CTC")
+    ctc_loss_weight: float = arg(0.3, "training loss weight w: e2e loss = (1 - w) CE + w CTC (not decode.py's "
+                                      "--ctc-weight, the weight of CTC in joint decoding)")
     label_smoothing: float = arg(0.1, "CE label smoothing (the original configured 0.1 but applied 0)")
     max_seconds: float = arg(15.0, "training window: longer utterances are skipped, audio cut to this")
     dropout: float = arg(0.1, "encoder dropout")
@@ -153,12 +155,13 @@ class Objective(nn.Module):
             return ctc / n_items, stats
         ce = ce_loss(out.logits, ce_targets(tokens, token_lengths, self.eos_id), cfg.label_smoothing)
         stats["ce"] = ce.item()
-        return (1 - cfg.ctc_weight) * ce / n_tokens + cfg.ctc_weight * ctc / n_items, stats
+        w = cfg.ctc_loss_weight
+        return (1 - w) * ce / n_tokens + w * ctc / n_items, stats
 
 
 def ctc_loss(log_probs, lengths, tokens, token_lengths):
     """Summed over utterances of (CTC loss / target length): PyTorch's 'mean' reduction before its batch mean."""
-    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=0,
+    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=BLANK_ID,
                       reduction="none", zero_infinity=True)  # (B,)
     return (loss / token_lengths.clamp(min=1)).sum()
 
@@ -344,47 +347,29 @@ def write_problem(e, folder):
 
 
 def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
-    """Write into a temporary folder, then rename: a crash or a full disk never leaves a half-written checkpoint,
-    and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so loading it
-    never runs code. The learning-rate schedule is a function of the step (get_lr), so the step is its whole state."""
+    """Write into a temporary folder, then rename (atomic.py): a crash or a full disk never leaves a half-written
+    checkpoint, and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so
+    loading it never runs code. The learning-rate schedule is a function of the step (get_lr), so the step is its
+    whole state."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
+    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg), rng=rng_state(),
+                 **(extra or {}))
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
-                   extra_config=dict(stage=cfg.stage, step=step))
-        state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg),
-                     rng=rng_state(), **(extra or {}))
-        torch.save(state, tmp / "trainer.pt")
-        old = path.with_name(f".old-{path.name}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_folder(path) as tmp:
+            write_model_files(model, tmp, path, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                              extra_config=dict(stage=cfg.stage, step=step))
+            torch.save(state, tmp / "trainer.pt")
     except WRITE_ERRORS as e:
         raise ValueError(f"{path}: cannot write the checkpoint ({write_problem(e, path.parent)}); "
                          "the earlier ones are intact") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_temporaries(out: Path, master=True):
-    """
-    What runs killed mid-write left in `out`: half-written folders and files are removed; a folder caught between
-    its two renames (moved to .old-*, the new one not yet in place) is put back.
-    """
-    for old in [*out.glob(".old-checkpoint-*"), *out.glob(".best.old")]:
-        final = out / (old.name[len(".old-"):] if old.name.startswith(".old-") else "best")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-    stale = [p for pattern in (".tmp-checkpoint-*", "..tmp-checkpoint-*", ".best.*", ".*.tmp-*")
-             for p in out.glob(pattern)]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if stale and master:
-        print(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted run")
+    """What runs killed mid-write left in `out` (atomic.clean_up): half-written folders and files are removed; a
+    folder caught between its two renames (moved to .NAME.old, the new one not yet in place) is put back."""
+    n = clean_up(out)
+    if n and master:
+        print(f"{out}: removed {n} temporary file(s) left by an interrupted run")
 
 
 class Log:
@@ -615,16 +600,6 @@ def drop_unreadable(sets, cfg: TrainConfig, out: Path, master):
         raise ValueError(errors[0])
 
 
-def write_text(path: Path, text: str):
-    """Write a text file through a temporary file and a rename: never half written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def check_plan(cfg: TrainConfig, dataset, n_batches, world, max_steps):
     """ValueError unless the run will take at least one optimiser step (an empty epoch would spin forever)."""
     if not len(dataset):
@@ -710,7 +685,9 @@ def train(cfg: TrainConfig):
 
     # data and model
     tokenizer = Tokenizer.load(cfg.tokenizer)
-    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None)
+    model = build_model(cfg, tokenizer).to(device)  # first: the features are the model's (n_mels)
+    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None,
+                 n_mels=model.encoder.cfg.n_mels)
     wave_augment = AugmentConfig(p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise, p_telephone=cfg.aug_telephone,
                                  p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb,
@@ -729,7 +706,6 @@ def train(cfg: TrainConfig):
     steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     check_plan(cfg, train_set, len(sampler.batches()), world, max_steps)
-    model = build_model(cfg, tokenizer).to(device)
     model.train()
     objective = Objective(model, cfg, tokenizer.eos_id)
     if ddp:
