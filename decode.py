@@ -185,7 +185,7 @@ class Transcriber:
         """
         if self.model.level_dbfs is not None:  # the model folder's front end (as its training data were made)
             wavs = [normalize_level(w, self.model.level_dbfs) for w in wavs]
-        mels, lengths = batch_log_mel(wavs, self.model.encoder.cfg.n_mels)  # (B, n_mels, T), (B,): the model's own count
+        mels, lengths = batch_log_mel(wavs, self.model.encoder.cfg.n_mels)  # (B, n_mels, T), (B,): the model's bands
         mels, lengths = mels.to(self.device, self.dtype), lengths.to(self.device)
         runs = length_runs(lengths)
         runs = runs if len(runs) > 1 else [torch.arange(len(wavs), device=self.device)]  # input order

@@ -6,7 +6,7 @@ Follows Meta's llama3 `model.py` (small pure functions for RoPE and grouped KV h
 RMSNorm in float32, rotate-half RoPE, SwiGLU, no biases (recipe §3). Holds the release's vocabulary
 resize too (50257 -> 100000 rows, new rows = the mean row: recipe §3 quirk).
 In the ASR model it is frozen; `Llama(cfg)` with random weights is trainable, to pretrain our own.
-Does not do: rope_scaling, biases, sliding windows, sampling loops (see decode.py), tensor parallelism.
+Does not do: rope_scaling, biases, sliding windows, tensor parallelism, decoding (search.py does).
 """
 import json
 import math

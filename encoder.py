@@ -1,15 +1,15 @@
 """
-The audio encoder of SozKZ OmniAudio v2: log-mel -> conv subsampling -> pre-norm transformer -> (projector, CTC head).
+The audio encoder of SozKZ OmniAudio v2: log-mel -> conv subsampling -> pre-norm transformer, and the projector.
 
 Follows docs/recipe.md §2 exactly, so the released checkpoint-92000 loads by name:
-  conv_stack: Conv1d(80->d, k3, s2) GELU Conv1d(d->d, k3, s2) GELU   (4x fewer frames: 100 -> 25 per second)
+  conv_stack: Conv1d(n_mels->d, k3, s2) GELU Conv1d(d->d, k3, s2) GELU   (4x fewer frames: 100 -> 25 per second)
   norm:       RMSNorm(d)
   layers:     pre-norm blocks, RoPE self-attention with biased q/k/v/o, SwiGLU feed-forward
   (no norm after the last block)
-The projector (encoder width -> decoder width) and CTC head live here too: they read the encoder output.
+The projector (encoder width -> decoder width) lives here too; the CTC head on the encoder output is in model.py.
 
-The original has no padding masks (a quirk of the original, recipe §1). `lengths=None` reproduces that maths exactly; passing
-`lengths` masks padded frames out of attention so an item's output does not depend on its batch.
+The original has no padding masks (a quirk, recipe §1). `lengths=None` reproduces that maths exactly; passing `lengths`
+masks padded frames out of attention so an item's output does not depend on its batch.
 """
 import math
 from dataclasses import dataclass, asdict

@@ -21,7 +21,7 @@ utterance (seeded), resampled by sox to 16 kHz mono int16. The test split uses s
 style JSON lines: `audio_filepath` (relative to the manifest's folder, NeMo's convention; --root to change),
 `text`, `duration` (s), `voice`, `speed`, `pitch`. `test_long.jsonl` joins test utterances into ~60 s files.
 
-Every file is written atomically (atomic.py: a temp file, then a rename); reruns skip the .debs and wavs already there (a wav's
+Every file is written atomically (atomic.py); reruns skip the .debs and wavs already there (a wav's
 name carries a hash of its text and voice settings, so a changed seed never reuses a stale file).
 
 What it does not do: it is not natural speech (espeak is a formant synthesiser: the teaching model learns to
