@@ -16,7 +16,9 @@ import math
 
 import torch
 
-BLANK = 0  # the CTC blank, the same id as EOS (recipe §2, §6)
+from tokenizer import BLANK_ID
+
+BLANK = BLANK_ID  # the CTC blank, the same id as EOS (recipe §2, §6)
 NEG_INF = float("-inf")
 
 

@@ -27,7 +27,7 @@ import soundfile as sf
 import torch
 
 from augment import AugmentConfig, augment
-from mel import (SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, resample,
+from mel import (N_MELS, SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, resample,
                  wav_shortfall)
 from tokenizer import normalize
 
@@ -130,9 +130,10 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def __init__(self, rows, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0, drop_tags=True,
                  wave_augment: AugmentConfig | None = None, babble_pool=BABBLE_POOL, level_dbfs=None,
-                 spec_time_fraction=1.0):
+                 spec_time_fraction=1.0, n_mels=N_MELS):
         self.tokenizer, self.augment, self.speed_perturb, self.seed = tokenizer, augment, speed_perturb, seed
         self.spec_time_fraction = spec_time_fraction
+        self.n_mels = n_mels  # the model's EncoderConfig.n_mels
         self.wave_augment, self.babble_size, self.level_dbfs = wave_augment, babble_pool, level_dbfs
         self.babble = None  # [(audio path, wave)]: loaded by the first item that needs it, in each worker
         self.max_frames = int(max_seconds * SAMPLE_RATE) // 160  # 15 s -> 1500 frames, as the original cut
@@ -209,7 +210,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             wav = augment(wav, g, cfg, self.babble_talkers(row["audio_filepath"]) if babble else ())
         if self.level_dbfs is not None:
             wav = normalize_level(wav, self.level_dbfs)
-        return log_mel_spectrogram(wav)
+        return log_mel_spectrogram(wav, self.n_mels)
 
     def __getitem__(self, index):
         row, g = self.rows[index], self.generator(index)
@@ -231,7 +232,7 @@ class ParquetMelDataset(SpeechDataset):
     """The release's precomputed mels (recipe §7): `mel` holds np.save bytes of float16 (80, T)."""
 
     def __init__(self, files, tokenizer, max_seconds=15.0, augment=False, speed_perturb=False, seed=0,
-                 wave_augment=None, level_dbfs=None, spec_time_fraction=1.0):
+                 wave_augment=None, level_dbfs=None, spec_time_fraction=1.0, n_mels=N_MELS):
         if level_dbfs is not None:  # decoding would normalise audio these mels never saw normalised
             raise ValueError(f"{files[0]}: level normalisation needs audio, not precomputed mels (drop --level-norm)")
         try:
@@ -251,7 +252,7 @@ class ParquetMelDataset(SpeechDataset):
                      enumerate(zip(table["mel"].to_pylist(), table["text"].to_pylist(),
                                    table["duration"].to_pylist()), 1)]
         super().__init__(rows, tokenizer, max_seconds, augment, False, seed,  # mels: no speed perturbation
-                         spec_time_fraction=spec_time_fraction)
+                         spec_time_fraction=spec_time_fraction, n_mels=n_mels)
 
     def load_mel(self, row, g):  # no speed perturbation nor waveform augmentation: there is no waveform
         return torch.from_numpy(np.load(io.BytesIO(row["mel"])).astype(np.float32))
@@ -260,13 +261,13 @@ class ParquetMelDataset(SpeechDataset):
         """As SpeechDataset's, on the np.save header of each row's mel (the array itself is not read)."""
         good, bad = [], []
         for row in self.rows:
-            problem = mel_problem(row["mel"])
+            problem = mel_problem(row["mel"], self.n_mels)
             (bad.append((row, problem)) if problem else good.append(row))
         self.rows, self.unreadable = good, len(bad)
         return bad
 
 
-def mel_problem(blob):
+def mel_problem(blob, n_mels=N_MELS):
     """Why np.save bytes are not a (n_mels, T) float array (None if they are), from the header alone."""
     if not isinstance(blob, bytes):
         return "mel is not bytes"
@@ -277,8 +278,8 @@ def mel_problem(blob):
         shape, _, dtype = read(f)
     except Exception:
         return "mel is not np.save bytes"
-    if len(shape) != 2 or shape[1] < 1 or dtype.kind != "f":
-        return f"mel is {dtype} {shape}, not a float (n_mels, T) array"
+    if len(shape) != 2 or shape[0] != n_mels or shape[1] < 1 or dtype.kind != "f":
+        return f"mel is {dtype} {shape}, not a float ({n_mels}, T) array"
     if len(blob) < f.tell() + shape[0] * shape[1] * dtype.itemsize:
         return "mel is truncated"
     return None

@@ -52,7 +52,8 @@ DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "teach"  # the teac
 class DecodeOptions:
     mode: str = DEFAULT_MODE       # one of MODES
     beam_size: int = 4             # hypotheses kept by beam and joint
-    ctc_weight: float = 0.5        # w in (1 - w) log p_att + w log p_ctc (joint); 0.5 measured best (README)
+    ctc_weight: float = 0.5        # decoding: w in (1 - w) log p_att + w log p_ctc (joint); 0.5 measured best
+                                   # (README); not train.py's --ctc-loss-weight
     pre_beam: float = 1.5          # joint: candidates per hypothesis scored by CTC, as a multiple of beam_size
     length_penalty: float = 1.0    # beam/joint: finished scores divided by length**this (0: raw sums)
     repetition_penalty: float = 1.0  # greedy/beam/joint: a logit filter (search.RepetitionPenalty); 1: off
@@ -184,7 +185,7 @@ class Transcriber:
         """
         if self.model.level_dbfs is not None:  # the model folder's front end (as its training data were made)
             wavs = [normalize_level(w, self.model.level_dbfs) for w in wavs]
-        mels, lengths = batch_log_mel(wavs)  # (B, 80, T), (B,)
+        mels, lengths = batch_log_mel(wavs, self.model.encoder.cfg.n_mels)  # (B, n_mels, T), (B,): the model's bands
         mels, lengths = mels.to(self.device, self.dtype), lengths.to(self.device)
         runs = length_runs(lengths)
         runs = runs if len(runs) > 1 else [torch.arange(len(wavs), device=self.device)]  # input order

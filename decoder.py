@@ -6,13 +6,11 @@ Follows Meta's llama3 `model.py` (small pure functions for RoPE and grouped KV h
 RMSNorm in float32, rotate-half RoPE, SwiGLU, no biases (recipe §3). Holds the release's vocabulary
 resize too (50257 -> 100000 rows, new rows = the mean row: recipe §3 quirk).
 In the ASR model it is frozen; `Llama(cfg)` with random weights is trainable, to pretrain our own.
-Does not do: rope_scaling, biases, sliding windows, sampling loops (see decode.py), tensor parallelism.
+Does not do: rope_scaling, biases, sliding windows, tensor parallelism, decoding (search.py does).
 """
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, replace
 
 import torch
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from atomic import atomic_folder
 
 MAX_POSITIONS = 1 << 17  # the longest RoPE table a config may ask for (131072 positions, Llama 3.1's)
 
@@ -523,16 +522,6 @@ def save_llama(model: Llama, folder: str):
             tensors["lm_head.weight"] = torch.cat([model.output.weight, model.output_new_rows])
     tensors = {n: t.detach().contiguous().cpu() for n, t in tensors.items()}
     config = replace(model.config, vocab_size=model.vocab_size).to_hf(model.tok_embeddings.weight.dtype)
-    folder = os.path.abspath(folder)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(folder), prefix=".tmp-llama-")
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the folder is meant to be shared
-    save_file(tensors, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    if os.path.isdir(folder) and os.listdir(folder):  # rename cannot replace a non-empty folder: move it aside first
-        old = folder + ".old"
-        os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

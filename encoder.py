@@ -1,15 +1,15 @@
 """
-The audio encoder of SozKZ OmniAudio v2: log-mel -> conv subsampling -> pre-norm transformer -> (projector, CTC head).
+The audio encoder of SozKZ OmniAudio v2: log-mel -> conv subsampling -> pre-norm transformer, and the projector.
 
 Follows docs/recipe.md §2 exactly, so the released checkpoint-92000 loads by name:
-  conv_stack: Conv1d(80->d, k3, s2) GELU Conv1d(d->d, k3, s2) GELU   (4x fewer frames: 100 -> 25 per second)
+  conv_stack: Conv1d(n_mels->d, k3, s2) GELU Conv1d(d->d, k3, s2) GELU   (4x fewer frames: 100 -> 25 per second)
   norm:       RMSNorm(d)
   layers:     pre-norm blocks, RoPE self-attention with biased q/k/v/o, SwiGLU feed-forward
   (no norm after the last block)
-The projector (encoder width -> decoder width) and CTC head live here too: they read the encoder output.
+The projector (encoder width -> decoder width) lives here too; the CTC head on the encoder output is in model.py.
 
-The original has no padding masks (a quirk of the original, recipe §1). `lengths=None` reproduces that maths exactly; passing
-`lengths` masks padded frames out of attention so an item's output does not depend on its batch.
+The original has no padding masks (a quirk, recipe §1). `lengths=None` reproduces that maths exactly; passing `lengths`
+masks padded frames out of attention so an item's output does not depend on its batch.
 """
 import math
 from dataclasses import dataclass, asdict
@@ -20,11 +20,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from decoder import RMSNorm, apply_rope, rope_tables  # the same RMSNorm and rotate-half RoPE as the Llama decoder
+from mel import N_MELS
 
 
 @dataclass
 class EncoderConfig:
-    n_mels: int = 80            # log-mel bins in
+    n_mels: int = N_MELS        # log-mel bins in (80); the front end computes as many (decode.py, dataset.py)
     dim: int = 640              # model width d
     n_heads: int = 10           # attention heads (head_dim = dim / n_heads = 64)
     n_layers: int = 14          # transformer blocks

@@ -32,12 +32,15 @@ import tarfile
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+import dataset
 import decode
+from atomic import atomic_file
 from longform import audio_info
 from mel import AudioError, check_file
 from tokenizer import normalize
@@ -66,8 +69,8 @@ def _read_fleurs_tsv(path: str) -> list[tuple[str, str, str, str]]:
         if not line.strip():
             continue
         cols = line.split("\t")
-        if len(cols) < 4:
-            raise EvalInputError(f"{path}:{lineno}: {len(cols)} tab-separated columns, expected 7")
+        if len(cols) < 4:  # FLEURS has 7; the first 4 (id, file, raw, normalised) are the ones read
+            raise EvalInputError(f"{path}:{lineno}: {len(cols)} tab-separated columns, expected at least 4")
         rows.append((cols[0], cols[1], cols[2], cols[3]))
     return rows
 
@@ -312,37 +315,30 @@ class Utterance:
 
 
 def read_manifest(path: str, max_samples: int | None = None) -> list[Utterance]:
-    """NeMo JSONL (audio_filepath relative to the manifest's folder, or absolute; text) -> its first rows.
+    """A training manifest (dataset.read_manifest: JSONL, audio_filepath relative to the manifest's folder or
+    absolute, text) -> its first rows as utterances.
 
-    The rows are kept whether or not their audio exists: a missing file is a failed utterance. A line that is
-    not such a row (not JSON, a field missing or of the wrong type) is an error naming file:line.
+    The rows are kept whether or not their audio exists: a missing file is a failed utterance. An utterance is
+    named by its `id`, else by its audio path relative to the manifest's folder; a name used twice, or a bad line,
+    is an error naming file:line.
     """
-    folder, utts, seen = os.path.dirname(os.path.abspath(path)), [], set()
-    for lineno, line in enumerate(_read_lines(path), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise EvalInputError(f"{where}: not a manifest line (JSON with audio_filepath and text)") from None
-        if not isinstance(row, dict) or "audio_filepath" not in row or "text" not in row:
-            raise EvalInputError(f"{where}: not a manifest line (JSON with audio_filepath and text)")
-        audio, text, key = row["audio_filepath"], row["text"], row.get("id", row["audio_filepath"])
-        for field, value, kinds in (("audio_filepath", audio, (str,)), ("text", text, (str,)),
-                                    ("id", key, (str, int)), ("duration", row.get("duration", 0.0), (int, float))):
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                raise EvalInputError(f"{where}: {field} is {type(value).__name__} {value!r:.40}, expected "
-                                     f"{' or '.join(k.__name__ for k in kinds)}")
-        if not audio or "\0" in audio:
-            raise EvalInputError(f"{where}: audio_filepath {audio!r} is not a path")
+    try:
+        rows = dataset.read_manifest(path)
+    except ValueError as e:
+        raise EvalInputError(str(e)) from None
+    folder, utts, seen = Path(path).parent, [], set()
+    for row in rows[:max_samples]:
+        where, audio = f"{path}:{row['_line']}", Path(row["audio_filepath"])
+        key = row.get("id", str(audio.relative_to(folder) if audio.is_relative_to(folder) else audio))
+        if isinstance(key, bool) or not isinstance(key, (str, int)):
+            raise EvalInputError(f"{where}: id is {type(key).__name__} {key!r:.40}, expected str or int")
+        if "\0" in row["audio_filepath"]:
+            raise EvalInputError(f"{where}: audio_filepath {row['audio_filepath']!r} is not a path")
         key = str(key)
         if key in seen:
             raise EvalInputError(f"{where}: utterance {key!r} appears twice")
         seen.add(key)
-        utts.append(Utterance(key, os.path.join(folder, audio), normalize(text)))  # join keeps an absolute path
-        if max_samples is not None and len(utts) == max_samples:
-            break
+        utts.append(Utterance(key, str(audio), normalize(row["text"])))
     return utts
 
 
@@ -432,17 +428,9 @@ def utterance_rows(utts: list[Utterance], run: DecodeRun, s: Scores) -> list[dic
 
 
 def write_jsonl(path: str, rows: list[dict]):
-    """Atomically: a temporary file in the same folder, then os.replace (a reader never sees half a file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """One JSON object a line, atomically (a reader never sees half a file)."""
+    with atomic_file(path) as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 # --- comparing two runs ----------------------------------------------------------------------

@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     try:
         model = load_model(args.model, decoder=args.decoder)
         tokenizer = Tokenizer.load(str(tokenizer_path(args.model)))
-        data = SpeechDataset(read_manifest(args.manifest), tokenizer, max_seconds=15.0)
+        data = SpeechDataset(read_manifest(args.manifest), tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels)
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate)
         r = listen(model, loader, tokenizer.eos_id, max_utts=args.max_utts)
     except (ValueError, OSError) as e:

@@ -28,13 +28,12 @@ import torch.nn.functional as F
 SAMPLE_RATE = 16000
 N_FFT = 400  # 25 ms analysis window
 HOP_LENGTH = 160  # 10 ms between frames
-N_MELS = 80
+N_MELS = 80  # the release's; a model's own count is EncoderConfig.n_mels, which every caller passes here
 F_MIN, F_MAX = 0.0, SAMPLE_RATE / 2  # 0 .. 8000 Hz
 LOG_FLOOR = 1e-10  # power is clamped here before the natural log
 CHUNK_SECONDS = 15
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 240000 samples in a training window
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 1500 frames: the stft gives 1501, training keeps the first 1500
-FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 LOWPASS_WIDTH = 6  # resampler: zero crossings of the sinc on each side (torchaudio's default)
 ROLLOFF = 0.99  # resampler: cutoff as a fraction of the lower Nyquist (torchaudio's default)
 MAX_KERNEL = 1 << 20  # resampler: most values in one polyphase kernel (4 MB); 44.1 kHz needs 76k, 22.05 kHz 147k
@@ -264,15 +263,15 @@ def resample(wav: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=None)
-def mel_filters(device=None) -> torch.Tensor:
-    """Triangular mel filterbank (N_MELS, N_FFT//2 + 1) = (80, 201), as torchaudio.functional.melscale_fbanks.
+def mel_filters(n_mels: int = N_MELS, device=None) -> torch.Tensor:
+    """Triangular mel filterbank (n_mels, N_FFT//2 + 1) = (80, 201), as torchaudio.functional.melscale_fbanks.
 
-    HTK mel scale 2595*log10(1 + f/700), N_MELS + 2 points evenly spaced in mel from F_MIN to F_MAX, triangles
+    HTK mel scale 2595*log10(1 + f/700), n_mels + 2 points evenly spaced in mel from F_MIN to F_MAX, triangles
     evaluated in Hz at the FFT bin frequencies, peak 1, no area normalisation (norm=None). Built in float64.
     """
     fft_freqs = torch.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1, dtype=torch.float64)  # (201,)
     mel_lo, mel_hi = (2595.0 * math.log10(1.0 + f / 700.0) for f in (F_MIN, F_MAX))
-    mels = torch.linspace(mel_lo, mel_hi, N_MELS + 2, dtype=torch.float64)
+    mels = torch.linspace(mel_lo, mel_hi, n_mels + 2, dtype=torch.float64)
     hz = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)  # (82,) left edge, centre, right edge of each triangle
     rise = (fft_freqs[None, :] - hz[:-2, None]) / (hz[1:-1] - hz[:-2])[:, None]  # (80, 201)
     fall = (hz[2:, None] - fft_freqs[None, :]) / (hz[2:] - hz[1:-1])[:, None]  # (80, 201)
@@ -297,26 +296,26 @@ def n_frames(n_samples: int) -> int:
     return 1 + n_samples // HOP_LENGTH
 
 
-def log_mel_spectrogram(audio: torch.Tensor) -> torch.Tensor:
-    """Waveform(s) (..., samples) at 16 kHz -> float32 log-mel (..., N_MELS, 1 + samples // HOP_LENGTH).
+def log_mel_spectrogram(audio: torch.Tensor, n_mels: int = N_MELS) -> torch.Tensor:
+    """Waveform(s) (..., samples) at 16 kHz -> float32 log-mel (..., n_mels, 1 + samples // HOP_LENGTH).
 
     Needs samples > N_FFT // 2 (center=True reflect-pads N_FFT // 2 samples at each end).
     """
     x = audio.reshape(-1, audio.shape[-1]).float()  # (N, samples)
     window = torch.hann_window(N_FFT, device=x.device)  # periodic, the default of torch, torchaudio and librosa
     stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=True, pad_mode="reflect", return_complex=True)  # (N, 201, frames)
-    mel = mel_filters(x.device) @ stft.abs().square_()  # (N, 80, frames): power |X|^2, as torchaudio's power=2
-    return mel.clamp_(min=LOG_FLOOR).log_().reshape(*audio.shape[:-1], N_MELS, -1)
+    mel = mel_filters(n_mels, x.device) @ stft.abs().square_()  # (N, 80, frames): power |X|^2, as torchaudio's power=2
+    return mel.clamp_(min=LOG_FLOOR).log_().reshape(*audio.shape[:-1], n_mels, -1)
 
 
-def batch_log_mel(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """1-D waveforms -> (mels (B, N_MELS, T) padded with 0.0, lengths (B,) in frames); item i == log_mel_spectrogram(waves[i]).
+def batch_log_mel(waves: list[torch.Tensor], n_mels: int = N_MELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-D waveforms -> (mels (B, n_mels, T) padded with 0.0, lengths (B,) in frames); item i == log_mel_spectrogram(waves[i]).
 
     One clip at a time: each is reflect-padded at its own end, exactly as alone (stacking zero-padded waves would
     put zeros, not the clip's own samples, into its last frames). On CPU this is as fast as one stacked stft.
     """
     lengths = torch.tensor([n_frames(w.shape[-1]) for w in waves])  # (B,)
-    mels = torch.zeros(len(waves), N_MELS, int(lengths.max()), device=waves[0].device)  # (B, 80, T)
+    mels = torch.zeros(len(waves), n_mels, int(lengths.max()), device=waves[0].device)  # (B, 80, T)
     for row, n, wave in zip(mels, lengths, waves):
-        row[:, :n] = log_mel_spectrogram(wave)  # (80, n)
+        row[:, :n] = log_mel_spectrogram(wave, n_mels)  # (80, n)
     return mels, lengths

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,9 +29,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
+from atomic import atomic_folder
 from decoder import CheckpointError, Llama, check_finite, load_llama, read_json, read_safetensors
 from encoder import AudioEncoder, EncoderConfig, Projector
-from mel import N_MELS
+from mel import N_FFT
 
 RELEASE_HEAD_DIM = 64  # both releases use 64-d heads: the one dimension a checkpoint's shapes cannot tell
 EXTRA_ROWS = ("new_rows", "output_new_rows")  # decoder rows added by Llama.extend_vocab: not in the base folder
@@ -215,40 +215,33 @@ def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decod
     dtype: store weights as e.g. torch.float16 to halve a shipped model's size.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is for everyone
-    try:
-        sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
-              for k, v in model.own_state_dict().items()}
-        save_file(sd, tmp / "model.safetensors")
-        config = dict(format="sozkz-asr", encoder=model.encoder.cfg.to_dict(), vocab_size=model.vocab_size,
-                      base_vocab_size=model.llm.config.vocab_size,
-                      extra_rows_trainable=any(p.requires_grad for p in extra_rows(model.llm)))
-        if model.level_dbfs is not None:  # absent: no normalisation, so older folders decode as they always did
-            config["level_dbfs"] = model.level_dbfs
-        if tokenizer is not None:
-            shutil.copy(tokenizer, tmp / Path(tokenizer).name)
-            config["tokenizer"] = Path(tokenizer).name
-        if decoder is not None:
-            if copy_decoder:
-                shutil.copytree(decoder, tmp / "decoder")
-                config["decoder"] = "decoder"
-            else:
-                config["decoder"] = os.path.relpath(Path(decoder).resolve(), folder.resolve())
-        config.update(extra_config or {})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        write_model_files(model, tmp, folder, tokenizer, decoder, copy_decoder, dtype, extra_config)
     return folder
+
+
+def write_model_files(model: ASRModel, tmp: Path, folder: Path, tokenizer=None, decoder=None, copy_decoder=False,
+                      dtype=None, extra_config=None):
+    """The files of a model folder, written into `tmp`, which is to become `folder` (save_model's arguments)."""
+    sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in model.own_state_dict().items()}
+    save_file(sd, tmp / "model.safetensors")
+    config = dict(format="sozkz-asr", encoder=model.encoder.cfg.to_dict(), vocab_size=model.vocab_size,
+                  base_vocab_size=model.llm.config.vocab_size,
+                  extra_rows_trainable=any(p.requires_grad for p in extra_rows(model.llm)))
+    if model.level_dbfs is not None:  # absent: no normalisation, so older folders decode as they always did
+        config["level_dbfs"] = model.level_dbfs
+    if tokenizer is not None:
+        shutil.copy(tokenizer, tmp / Path(tokenizer).name)
+        config["tokenizer"] = Path(tokenizer).name
+    if decoder is not None:
+        if copy_decoder:
+            shutil.copytree(decoder, tmp / "decoder")
+            config["decoder"] = "decoder"
+        else:
+            config["decoder"] = os.path.relpath(Path(decoder).resolve(), Path(folder).resolve())
+    config.update(extra_config or {})
+    (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_config(folder) -> dict:
@@ -289,8 +282,8 @@ def encoder_config(d: dict, path) -> EncoderConfig:
         if isinstance(value, bool) or not ok or value < 0:
             raise CheckpointError(f"{path}: encoder.{key} is {value!r}, expected a non-negative {known[key].__name__}")
     cfg = EncoderConfig(**d)
-    if cfg.n_mels != N_MELS:
-        raise CheckpointError(f"{path}: encoder.n_mels is {cfg.n_mels}, but the features have {N_MELS} bins")
+    if not 1 <= cfg.n_mels <= N_FFT // 2 + 1:  # the front end computes cfg.n_mels bands from 201 FFT bins
+        raise CheckpointError(f"{path}: encoder.n_mels is {cfg.n_mels}, not between 1 and {N_FFT // 2 + 1}")
     if not 1 <= cfg.n_heads <= cfg.dim or cfg.dim % cfg.n_heads or (cfg.dim // cfg.n_heads) % 2:
         raise CheckpointError(f"{path}: encoder.n_heads {cfg.n_heads} does not divide encoder.dim {cfg.dim} into "
                               "heads of even size")

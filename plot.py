@@ -27,7 +27,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import longform  # noqa: E402
+from atomic import atomic_file  # noqa: E402
 from ctc import BLANK, ctc_greedy  # noqa: E402
 from decode import DEFAULT_MODEL, _load, add_decoding_args, load, search  # noqa: E402
 from mel import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioError, log_mel_spectrogram  # noqa: E402
@@ -165,7 +165,8 @@ def utterance_data(transcriber, path, start: float = 0.0, layer: int | None = No
     return dict(
         panels=list(UTTERANCE_PANELS),
         audio=str(path), offset=offset, duration=duration, file_duration=total,
-        mel=log_mel_spectrogram(wav).cpu().numpy(), mel_hop_s=HOP_LENGTH / SAMPLE_RATE,  # (80, frames)
+        mel=log_mel_spectrogram(wav, transcriber.model.encoder.cfg.n_mels).cpu().numpy(),  # (n_mels, frames)
+        mel_hop_s=HOP_LENGTH / SAMPLE_RATE,
         words=words,  # [{word, start, end}], decode.py --timestamps
         frame_s=fs, blank=lp[:, BLANK].exp().numpy(),  # (T',) blank posterior per encoder frame
         nonblank=lp[:, 1:].exp().max(-1).values.numpy(),  # (T',) the likeliest other token's posterior
@@ -312,17 +313,10 @@ def draw_curves(d: dict, title: str = ""):
 # command line
 
 def save_figure(fig, out):
-    """Write a PNG atomically: a temporary file beside it, then os.replace (a reader never sees half a picture)."""
-    out = os.path.abspath(out)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=f".{os.path.basename(out)}.", suffix=".tmp")
+    """Write a PNG atomically (atomic.py: a reader never sees half a picture)."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(out, "wb") as f:
             fig.savefig(f, format="png", dpi=110)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
     finally:
         plt.close(fig)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from atomic import clean_up
+
 try:
     import fcntl
 except ImportError:  # Windows: the pid in the file decides alone
@@ -87,22 +89,11 @@ def pid_alive(pid):
 
 
 def remove_stale_temporaries(out: Path, master=True):
-    """
-    What runs killed mid-write left in `out`: half-written folders and files are removed; a folder caught between
-    its two renames (moved to .old-*, the new one not yet in place) is put back.
-    """
-    for old in [*out.glob(".old-checkpoint-*"), *out.glob(".best.old")]:
-        final = out / (old.name[len(".old-"):] if old.name.startswith(".old-") else "best")
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(old, final)
-    stale = [p for pattern in (".tmp-checkpoint-*", "..tmp-checkpoint-*", ".best.*", ".*.tmp-*")
-             for p in out.glob(pattern)]
-    for p in stale:
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    if stale and master:
-        print(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted run")
+    """What runs killed mid-write left in `out` (atomic.clean_up): half-written folders and files are removed; a
+    folder caught between its two renames (moved to .NAME.old, the new one not yet in place) is put back."""
+    n = clean_up(out)
+    if n and master:
+        print(f"{out}: removed {n} temporary file(s) left by an interrupted run")
 
 
 class Log:
@@ -122,13 +113,3 @@ class Log:
             fn(*args)
         except OSError as e:
             raise OSError(e.errno, e.strerror, str(self.path)) from None
-
-
-def write_text(path: Path, text: str):
-    """Write a text file through a temporary file and a rename: never half written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -20,8 +20,9 @@ import torch
 
 from ctc import CTCPrefixScorer
 from model import decoder_prompt, predicting_positions, prompt_key_mask, text_positions
+from tokenizer import EOS_ID
 
-EOS = 0  # <|endoftext|>: also the CTC blank (recipe §6)
+EOS = EOS_ID  # <|endoftext|>: also the CTC blank (recipe §6)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,12 +19,15 @@ What it follows (recipe §5, §6):
 What it does not do: add special tokens (the model's prompt has no BOS; EOS is appended by the
 training code), or insert the `\\x1F` morpheme marks the release tokenizer can split on.
 """
+import io
 import os
 import re
 import unicodedata
 
 import sentencepiece as spm
 from tokenizers import Tokenizer as HFTokenizer
+
+from atomic import atomic_file, write_text
 
 # id layout of the release tokenizer, reused for our own sentencepiece models (recipe §6)
 EOS_ID = 0    # <|endoftext|>: end of text, and the CTC blank
@@ -162,11 +165,9 @@ def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, mode
         raise ValueError(f"model_type must be 'bpe' or 'unigram', not {model_type!r}")
     if not os.path.isfile(text_file):
         raise ValueError(f"{text_file}: no such text file")
-    out_dir = os.path.dirname(os.path.abspath(model_prefix))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp_prefix = os.path.join(out_dir, f".tmp-{os.getpid()}-{os.path.basename(model_prefix)}")
+    proto = io.BytesIO()  # the trainer writes the model here, not to disk: the files are written atomically below
     options = dict(
-        input=text_file, model_prefix=tmp_prefix, vocab_size=vocab_size, model_type=model_type,
+        input=text_file, model_writer=proto, vocab_size=vocab_size, model_type=model_type,
         character_coverage=1.0,   # keep every Kazakh letter; rare ones would otherwise become <unk>
         byte_fallback=True,       # anything unseen still encodes, as bytes
         normalization_rule_name="identity",   # text is already normalised (recipe §5); no NFKC
@@ -175,14 +176,12 @@ def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, mode
         minloglevel=2,            # the trainer is very chatty on stderr
     )
     options.update(trainer_options)
-    try:
-        spm.SentencePieceTrainer.train(**options)
-        for ext in (".model", ".vocab"):
-            os.replace(tmp_prefix + ext, model_prefix + ext)
-    finally:
-        for ext in (".model", ".vocab"):
-            if os.path.exists(tmp_prefix + ext):
-                os.remove(tmp_prefix + ext)
+    spm.SentencePieceTrainer.train(**options)
+    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    with atomic_file(model_prefix + ".model", "wb") as f:
+        f.write(proto.getvalue())
+    write_text(model_prefix + ".vocab", "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n"
+                                                for i in range(sp.get_piece_size())))  # for people to read
     return model_prefix + ".model"
 
 

@@ -40,14 +40,15 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from tqdm import tqdm
 
+from atomic import atomic_folder, write_text
 from augment import AugmentConfig
 from dataset import BatchSampler, collate, open_dataset
 from decoder import CheckpointError, load_llama, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
-from model import ASRModel, check_state_dict, extra_rows, load_model, save_model
-from run_folder import WRITE_ERRORS, Log, lock_out, release_out, remove_stale_temporaries, write_problem, write_text
-from tokenizer import Tokenizer
+from model import ASRModel, check_state_dict, extra_rows, load_model, save_model, write_model_files
+from run_folder import WRITE_ERRORS, Log, lock_out, release_out, remove_stale_temporaries, write_problem
+from tokenizer import BLANK_ID, Tokenizer
 
 
 def arg(default, help):
@@ -74,7 +75,8 @@ class TrainConfig:
     clip: float = arg(1.0, "gradient-norm clipping")
     epochs: int = arg(5, "passes over the training data")
     max_steps: int = arg(0, "optimiser steps; 0 = epochs x steps per epoch")
-    ctc_weight: float = arg(0.3, "e2e loss = (1 - w) CE + w CTC")
+    ctc_loss_weight: float = arg(0.3, "training loss weight w: e2e loss = (1 - w) CE + w CTC (not decode.py's "
+                                      "--ctc-weight, the weight of CTC in joint decoding)")
     label_smoothing: float = arg(0.1, "CE label smoothing (the original configured 0.1 but applied 0)")
     max_seconds: float = arg(15.0, "training window: longer utterances are skipped, audio cut to this")
     dropout: float = arg(0.1, "encoder dropout")
@@ -153,12 +155,13 @@ class Objective(nn.Module):
             return ctc / n_items, stats
         ce = ce_loss(out.logits, ce_targets(tokens, token_lengths, self.eos_id), cfg.label_smoothing)
         stats["ce"] = ce.item()
-        return (1 - cfg.ctc_weight) * ce / n_tokens + cfg.ctc_weight * ctc / n_items, stats
+        w = cfg.ctc_loss_weight
+        return (1 - w) * ce / n_tokens + w * ctc / n_items, stats
 
 
 def ctc_loss(log_probs, lengths, tokens, token_lengths):
     """Summed over utterances of (CTC loss / target length): PyTorch's 'mean' reduction before its batch mean."""
-    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=0,
+    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=BLANK_ID,
                       reduction="none", zero_infinity=True)  # (B,)
     return (loss / token_lengths.clamp(min=1)).sum()
 
@@ -309,28 +312,21 @@ def set_rng_state(rng):
 
 
 def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
-    """Write into a temporary folder, then rename: a crash or a full disk never leaves a half-written checkpoint,
-    and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so loading it
-    never runs code. The learning-rate schedule is a function of the step (get_lr), so the step is its whole state."""
+    """Write into a temporary folder, then rename (atomic.py): a crash or a full disk never leaves a half-written
+    checkpoint, and the earlier checkpoints are not touched. trainer.pt holds only tensors and plain containers, so
+    loading it never runs code. The learning-rate schedule is a function of the step (get_lr), so the step is its
+    whole state."""
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
+    state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg), rng=rng_state(),
+                 **(extra or {}))
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(model, tmp, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
-                   extra_config=dict(stage=cfg.stage, step=step))
-        state = dict(optimizer=optimizer.state_dict(), step=step, pos=dict(pos), config=asdict(cfg),
-                     rng=rng_state(), **(extra or {}))
-        torch.save(state, tmp / "trainer.pt")
-        old = path.with_name(f".old-{path.name}")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_folder(path) as tmp:
+            write_model_files(model, tmp, path, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                              extra_config=dict(stage=cfg.stage, step=step))
+            torch.save(state, tmp / "trainer.pt")
     except WRITE_ERRORS as e:
         raise ValueError(f"{path}: cannot write the checkpoint ({write_problem(e, path.parent)}); "
                          "the earlier ones are intact") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class DamagedCheckpoint(ValueError):
@@ -593,7 +589,9 @@ def train(cfg: TrainConfig):
 
     # data and model
     tokenizer = Tokenizer.load(cfg.tokenizer)
-    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None)
+    model = build_model(cfg, tokenizer).to(device)  # first: the features are the model's (n_mels)
+    audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None,
+                 n_mels=model.encoder.cfg.n_mels)
     wave_augment = AugmentConfig(p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise, p_telephone=cfg.aug_telephone,
                                  p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb,
@@ -612,7 +610,6 @@ def train(cfg: TrainConfig):
     steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     check_plan(cfg, train_set, len(sampler.batches()), world, max_steps)
-    model = build_model(cfg, tokenizer).to(device)
     model.train()
     objective = Objective(model, cfg, tokenizer.eos_id)
     if ddp:

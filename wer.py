@@ -156,10 +156,6 @@ def char_stats(ref: str, hyp: str) -> ErrorStats:
     return count(align(chars(ref), chars(hyp)))
 
 
-# the names in /tmp/contracts.md
-word_errors, char_errors = word_stats, char_stats
-
-
 def corpus_stats(refs: list[str], hyps: list[str], unit: str = "word") -> list[ErrorStats]:
     """Per-utterance stats; sum(...) of them gives the corpus, whose .rate is the corpus WER/CER."""
     if len(refs) != len(hyps):

@@ -177,7 +177,7 @@ def save_decoder(args, folder):
     transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help=f"CPU-sized run: {SMALL}, other dims as the release")
     p.add_argument("--encoder", default="300m", choices=list(ENCODER_PRESETS), help="encoder preset (default: 300m)")
@@ -204,16 +204,27 @@ def main():
             if getattr(args, k) == p.get_default(k):
                 setattr(args, k, v)
     args.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    return args
+
+
+def main():
+    args = parse_args()
     if args.variant:
         return run_variant(args)
-
     frames = int(subsampled_lengths(torch.tensor(n_frames(int(args.seconds * SAMPLE_RATE)))))
     print(f"device {args.device}{' (bf16 autocast)' if args.device == 'cuda' else ', float32'}, "
           f"{args.threads} torch thread(s); encoder {args.encoder}, Llama {args.dim}x{args.layers} ({args.heads} "
           f"heads, ffn {args.ffn}), {args.base_vocab} -> {args.vocab} ids; batch {args.batch}, <= {args.seconds} s "
           f"audio ({frames} decoder frames), <= {args.text} text tokens; step = forward + backward"
           f"{' + AdamW' if args.adamw else ' (no optimiser)'}, {args.warmup} warm-up step(s) untimed")
-    res, checks, load = {}, {}, os.getloadavg()[0]
+    load = os.getloadavg()[0]
+    res, checks, trained = run_all(args)
+    report(args, res, checks, trained, load)
+
+
+def run_all(args):
+    """Each variant in its own process, alternated --rounds times: {name: timings}, {variant: check loss}, trained."""
+    res, checks = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         save_decoder(args, tmp)
         for v in ["ours", "original"] * args.rounds:  # alternated: the machine's load drifts
@@ -229,6 +240,10 @@ def main():
                 res[name]["times"] += r["times"]
                 res[name]["cpu"] += r["cpu"]
                 res[name]["peak"] = max(res[name]["peak"], r["peak"])
+    return res, checks, trained
+
+
+def report(args, res, checks, trained, load):
     a, b = checks["ours"], checks["original"]
     print(f"loss in the original's maths (no masks, no smoothing, eval): ours {a:.6f}  original {b:.6f}  "
           f"|diff| {abs(a - b):.1e}")

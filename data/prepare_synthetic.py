@@ -21,7 +21,7 @@ utterance (seeded), resampled by sox to 16 kHz mono int16. The test split uses s
 style JSON lines: `audio_filepath` (relative to the manifest's folder, NeMo's convention; --root to change),
 `text`, `duration` (s), `voice`, `speed`, `pitch`. `test_long.jsonl` joins test utterances into ~60 s files.
 
-Every file is written atomically (temp file + os.replace); reruns skip the .debs and wavs already there (a wav's
+Every file is written atomically (atomic.py); reruns skip the .debs and wavs already there (a wav's
 name carries a hash of its text and voice settings, so a changed seed never reuses a stale file).
 
 What it does not do: it is not natural speech (espeak is a formant synthesiser: the teaching model learns to
@@ -55,6 +55,7 @@ import soundfile as sf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
+from atomic import atomic_path, write_text  # noqa: E402
 from tokenizer import normalize  # noqa: E402  the one normalisation of targets, references and hypotheses (recipe §5)
 OUT_DIR = REPO_ROOT / "data" / "synth"
 
@@ -305,15 +306,6 @@ def licence_of(copyright_text: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- stage: text
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to path via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def fetch_deb(package: str, cache: Path) -> Path:
     """The cached .deb of package, downloaded with `apt-get download` into a temp folder the first time."""
     cached = sorted(cache.glob(f"{package}_*.deb"))
@@ -357,14 +349,14 @@ def run_text(args: argparse.Namespace) -> None:
                      str(len(files))])
         print(f"{package:32s} {len(strings):6d} strings -> {len(found):6d} segments  ({rows[-1][2]})")
     header = ["package", "version", "licence", "strings", "segments", "catalogues"]
-    atomic_write_text(out / "SOURCES.tsv", "\n".join("\t".join(r) for r in [header] + rows) + "\n")
+    write_text(out / "SOURCES.tsv", "\n".join("\t".join(r) for r in [header] + rows) + "\n")
 
     ordered = sorted(segments)  # sorted first: set order is not reproducible across runs
     random.Random(args.seed).shuffle(ordered)
     splits = split_sentences(ordered, args.n_valid, args.n_test)
-    atomic_write_text(out / "text" / "all.txt", "\n".join(ordered) + "\n")
+    write_text(out / "text" / "all.txt", "\n".join(ordered) + "\n")
     for name, lines in splits.items():
-        atomic_write_text(out / "text" / f"{name}.txt", "\n".join(lines) + "\n")
+        write_text(out / "text" / f"{name}.txt", "\n".join(lines) + "\n")
     print(f"{len(ordered)} unique segments from {len(rows)} packages: "
           f"{len(splits['test'])} test, {len(splits['valid'])} valid, {len(splits['lm'])} lm -> {out / 'text'}")
 
@@ -403,21 +395,26 @@ def synthesize(utt: Utterance, wav: Path, max_seconds: float = MAX_SECONDS) -> f
     if wav.exists():
         return sf.info(str(wav)).frames / SAMPLE_RATE
     wav.parent.mkdir(parents=True, exist_ok=True)
-    raw, tmp = wav.with_suffix(".22k.tmp"), wav.with_suffix(".tmp")
+    raw = wav.with_suffix(".22k.tmp")
     try:
-        # the text goes on stdin, so a sentence can never be read as an option
-        subprocess.run(["espeak-ng", "-v", f"kk+{utt.voice}", "-s", str(utt.speed), "-p", str(utt.pitch),
-                        "-w", str(raw)], input=utt.text.encode(), capture_output=True, check=True)
-        subprocess.run(["sox", "-t", "wav", str(raw), "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
-                        "-e", "signed-integer", str(tmp)], capture_output=True, check=True)
-        duration = sf.info(str(tmp)).frames / SAMPLE_RATE
-        if duration > max_seconds:
-            return None
-        os.replace(tmp, wav)
+        with atomic_path(wav) as tmp:
+            # the text goes on stdin, so a sentence can never be read as an option
+            subprocess.run(["espeak-ng", "-v", f"kk+{utt.voice}", "-s", str(utt.speed), "-p", str(utt.pitch),
+                            "-w", str(raw)], input=utt.text.encode(), capture_output=True, check=True)
+            subprocess.run(["sox", "-t", "wav", str(raw), "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+                            "-e", "signed-integer", str(tmp)], capture_output=True, check=True)
+            duration = sf.info(str(tmp)).frames / SAMPLE_RATE
+            if duration > max_seconds:
+                raise TooLong  # leaves no wav behind
         return duration
+    except TooLong:
+        return None
     finally:
         raw.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
+
+
+class TooLong(Exception):
+    """A synthesised utterance over the length limit: its wav is not kept."""
 
 
 def audio_path(wav: Path, root: Path) -> str:
@@ -427,7 +424,7 @@ def audio_path(wav: Path, root: Path) -> str:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def synthesize_split(utts: list[Utterance], out: Path, root: Path, jobs: int = 2,
@@ -466,10 +463,8 @@ def make_longform(rows: list[dict], out: Path, root: Path, n_files: int,
             for row in group:
                 path = Path(row["audio_filepath"])
                 pieces += [sf.read(str(path if path.is_absolute() else root / path), dtype="int16")[0], gap]
-            wav.parent.mkdir(parents=True, exist_ok=True)
-            tmp = wav.with_suffix(".tmp")
-            sf.write(str(tmp), np.concatenate(pieces[:-1]), SAMPLE_RATE, subtype="PCM_16", format="WAV")
-            os.replace(tmp, wav)
+            with atomic_path(wav) as tmp:
+                sf.write(str(tmp), np.concatenate(pieces[:-1]), SAMPLE_RATE, subtype="PCM_16", format="WAV")
         long_rows.append({"audio_filepath": audio_path(wav, root), "text": " ".join(r["text"] for r in group),
                           "duration": round(sf.info(str(wav)).frames / SAMPLE_RATE, 3),
                           "voice": group[0]["voice"], "n_utterances": len(group)})

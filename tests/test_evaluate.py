@@ -293,12 +293,12 @@ def test_fleurs_run_first_rows_with_audio_in_file_order(tiny, tmp_path, capsys):
 def test_decoding_run_bad_input_one_line_exit_2(tiny, tmp_path, capsys):
     r = _run("--manifest", tmp_path / "none.jsonl", "--model", tiny.folder)     # a real process: no traceback
     assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
-    assert r.stderr.strip() == f"evaluate.py: error: {tmp_path / 'none.jsonl'}: no such file"
+    assert r.stderr.strip() == f"evaluate.py: error: {tmp_path / 'none.jsonl'}: manifest not found"
     row = '{"audio_filepath": "a.wav", "text": "x"}'
     empty, ok = _write(tmp_path / "empty.jsonl", [""]), _write(tmp_path / "ok.jsonl", [row])
     notjson = _write(tmp_path / "bad.jsonl", [row, "not json"])
     cases = [(["--manifest", empty, "--model", tiny.folder], "no utterances"),
-             (["--manifest", notjson, "--model", tiny.folder], "bad.jsonl:2: not a manifest line"),
+             (["--manifest", notjson, "--model", tiny.folder], "bad.jsonl:2: not JSON"),
              (["--fleurs", tmp_path / "nowhere", "--model", tiny.folder], "no such folder"),
              (["--manifest", ok, "--model", tmp_path], "not a model folder")]
     for args, problem in cases:

@@ -47,3 +47,16 @@ def test_forward_without_text_or_masks(tiny):
     _, audio, _ = tiny.model.encode(mel)
     x = torch.cat([audio, tiny.llm.embed(torch.ones(2, 3, dtype=torch.long))], dim=1)
     torch.testing.assert_close(unmasked.logits, tiny.llm.logits(tiny.llm(x))[:, 25:], atol=1e-4, rtol=1e-4)
+
+
+def test_the_front_end_computes_the_models_own_number_of_mel_bands(tiny):
+    """A model configured for 40 bands is fed 40 (the conv stack would refuse 80): decode.py reads n_mels from
+    the model's config, not from mel.N_MELS."""
+    import decode
+    from encoder import EncoderConfig
+    from model import ASRModel
+
+    model = ASRModel(EncoderConfig(n_mels=40, dim=64, n_heads=4, n_layers=2, dropout=0.0), tiny.llm,
+                     tiny.tok.vocab_size)
+    t = decode.Transcriber(model, tiny.tok, decode.DecodeOptions(mode="ctc"))
+    assert isinstance(t.transcribe([wave(1.0)])[0]["text"], str)

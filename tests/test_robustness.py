@@ -387,8 +387,8 @@ def test_bad_utf8_is_named_file_and_line(tmp_path, capsys):
     ({"audio_filepath": "a.wav", "text": None}, "text is NoneType"),
     ({"audio_filepath": "a.wav", "text": ["x"]}, "text is list"),
     ({"audio_filepath": "a.wav", "text": "x", "id": [1]}, "id is list"),
-    ({"audio_filepath": "a.wav", "text": "x", "duration": "long"}, "duration is str"),
-    ([1, 2], "not a manifest line"),
+    ({"audio_filepath": "a.wav", "text": "x", "duration": "long"}, 'duration "long" is not a number'),
+    ([1, 2], "not a JSON object"),  # the messages of dataset.read_manifest, the one manifest reader
 ])
 def test_mistyped_manifest_fields_are_named_file_and_line(tiny, tmp_path, capsys, row, says):
     manifest = tmp_path / "m.jsonl"

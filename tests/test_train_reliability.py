@@ -396,8 +396,8 @@ def test_temporaries_of_a_killed_run_are_removed_and_a_half_renamed_checkpoint_p
     cfg = config(tiny, data, tmp_path / "out", max_steps=3, stop_at=1)
     T.train(cfg)
     out = tmp_path / "out"
-    T.os.replace(out / "checkpoint-1", out / ".old-checkpoint-1")  # killed between save_checkpoint's two renames
-    for stale in (".tmp-checkpoint-2", "..tmp-checkpoint-2.k3j4", ".best.x8y9"):
+    T.os.replace(out / "checkpoint-1", out / ".checkpoint-1.old")  # killed between atomic_folder's two renames
+    for stale in (".checkpoint-2.tmp-k3j4", ".best.tmp-x8y9"):
         (out / stale).mkdir()
         (out / stale / "model.safetensors").write_bytes(b"half")
     (out / ".bad_rows.tsv.tmp-999").write_text("half")
