@@ -442,7 +442,7 @@ def check_config(cfg: TrainConfig):
         ("lr", 0 < cfg.lr < math.inf, "> 0"), ("warmup", 0 <= cfg.warmup < 1, "in [0, 1)"),
         ("weight_decay", 0 <= cfg.weight_decay < math.inf, ">= 0"), ("clip", 0 < cfg.clip < math.inf, "> 0"),
         ("epochs", cfg.epochs >= 0, ">= 0"), ("max_steps", cfg.max_steps >= 0, ">= 0"),
-        ("ctc_weight", 0 <= cfg.ctc_weight <= 1, "in [0, 1]"),
+        ("ctc_loss_weight", 0 <= cfg.ctc_loss_weight <= 1, "in [0, 1]"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("max_seconds", 0 < cfg.max_seconds < math.inf, "> 0"), ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
         ("save_every", cfg.save_every >= 1, ">= 1"), ("keep", cfg.keep >= 0, ">= 0 (0 keeps all)"),

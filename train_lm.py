@@ -48,15 +48,16 @@ def text_blocks(lines: list[list[int]], seq_len: int, eos_id: int) -> torch.Tens
 
 def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int) -> tuple[list[int], list[int]]:
     """
-    One line as a copy exercise shaped like the ASR prompt: the line "spoken" slowly (each token held 1-3 positions,
-    then 0-8 positions of <pad> silence), then the line written out, then EOS. Only the written part is a target:
-        [5, 9] -> inputs  [pad, 5, 5, pad, pad, 9, pad, 5, 9, eos]
-                  targets [ -,  -, -,   -,   -, -,   5, 9, eos, -]
-    ~6 prompt positions a token, as 25 audio frames a second carry ~4 tokens.
+    One line as a copy exercise shaped like the ASR prompt: the line "spoken" slowly (each token once, as a CTC
+    spike, then 0-8 positions of <pad> silence), then the line written out, then EOS. Only the written part is a
+    target:
+        [5, 9] -> inputs  [pad, 5, pad, pad, 9, pad, 5, 9, eos]
+                  targets [ -,  -,   -,   -, -,   5, 9, eos, -]
+    ~5 prompt positions a token, as 25 audio frames a second carry ~4 tokens.
     """
     prompt = [pad_id] * rng.randint(0, 8)
     for t in ids:
-        prompt += [t] * rng.randint(1, 3) + [pad_id] * rng.randint(0, 8)
+        prompt += [t] + [pad_id] * rng.randint(0, 8)
     prompt += [pad_id] * rng.randint(1, 8)
     inputs = prompt + ids + [eos_id]
     targets = [-100] * (len(prompt) - 1) + ids + [eos_id, -100]

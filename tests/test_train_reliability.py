@@ -440,7 +440,7 @@ def test_a_decoder_with_non_finite_weights_is_refused(tiny, data, tmp_path, caps
     (dict(batch_size=0), "--batch-size 0: must be >= 1"),
     (dict(lr=float("nan")), "--lr nan: must be > 0"),
     (dict(warmup=1.0), "--warmup 1.0: must be in [0, 1)"),
-    (dict(ctc_weight=-0.1), "--ctc-weight -0.1: must be in [0, 1]"),
+    (dict(ctc_loss_weight=-0.1), "--ctc-loss-weight -0.1: must be in [0, 1]"),
     (dict(max_seconds=float("inf")), "--max-seconds inf: must be > 0"),
     (dict(max_bad_fraction=2.0), "--max-bad-fraction 2.0: must be in [0, 1]"),
     (dict(dtype="float16"), "--dtype float16: must be one of auto, bfloat16, float32"),
@@ -486,7 +486,7 @@ def test_parquet_rows_with_bad_mels_are_named_by_file_and_row(tiny, tmp_path):
     bad = [(row["_source"], row["_line"], problem) for row, problem in ds.drop_unreadable()]
     assert bad == [(str(tmp_path / "a.parquet"), 2, "mel is not np.save bytes"),
                    (str(tmp_path / "a.parquet"), 3, "mel is truncated"),
-                   (str(tmp_path / "a.parquet"), 4, "mel is int64 (80,), not a float (n_mels, T) array")]
+                   (str(tmp_path / "a.parquet"), 4, "mel is int64 (80,), not a float (80, T) array")]
     assert len(ds) == 2
     pq.write_table(pa.table(dict(mel=mels[:1], text=[5], duration=[0.6])), tmp_path / "b.parquet")
     with pytest.raises(ValueError, match="b.parquet: column text is int64, not strings"):
