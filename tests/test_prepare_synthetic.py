@@ -191,6 +191,55 @@ def test_read_deb(tmp_path):
     assert ps.licence_of("This is under the GNU Lesser General Public License.") == "free-form: LGPL"
 
 
+def build_deb(tmp_path: Path, package: str, files: dict[str, bytes], out: Path) -> Path:
+    """A minimal .deb of package holding files (path -> bytes), built by dpkg-deb into out."""
+    root = tmp_path / f"root-{package}"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text(
+        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: t\n")
+    for path, data in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_bytes(data)
+    deb = out / f"{package}_1.0_all.deb"
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True)
+    return deb
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_text_stage_end_to_end(tmp_path, capsys):
+    """Cached .debs only (nothing downloaded): a broken one is named on stderr, the rest still make the text."""
+    debs = tmp_path / "synth" / "debs"
+    debs.mkdir(parents=True)
+    entries = {b"": MO_ENTRIES[b""], **{f"m{i}".encode(): f"Файл {w} ашылды".encode()
+                                         for i, w in enumerate(["бірінші", "екінші", "үшінші", "соңғы", "жаңа", "ескі"])}}
+    write_mo(tmp_path / "app.mo", entries)
+    write_mo(tmp_path / "iso.mo", {b"": MO_ENTRIES[b""], b"Japan": "Жапония".encode(), b"Peru": "Перу".encode()})
+    build_deb(tmp_path, "kk-good", {"usr/share/locale/kk/LC_MESSAGES/app.mo": (tmp_path / "app.mo").read_bytes(),
+                                    ps.ISO_COUNTRIES_KK: (tmp_path / "iso.mo").read_bytes()}, debs)
+    cldr = ("<ldml><dates><timeZoneNames><zone type='Asia/Almaty'><exemplarCity>Алматы</exemplarCity></zone>"
+            "<zone type='Europe/Oslo'><exemplarCity>Осло</exemplarCity></zone></timeZoneNames></dates></ldml>")
+    build_deb(tmp_path, ps.CLDR_PACKAGE, {ps.CLDR_KK: cldr.encode()}, debs)
+    (debs / "kk-bad_1.0_all.deb").write_bytes(b"!<arch>\nnot really a deb")
+
+    out = tmp_path / "synth"
+    rc = ps.main(["text", "--out", str(out), "--packages", "kk-good", "kk-bad", "--n-valid", "3", "--n-test", "3",
+                  "--n-numbers", "40", "--number-share", "0.5"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "kk-bad" in line]
+    assert rc == 1 and len(errors) == 1 and errors[0].startswith(f"error: {debs / 'kk-bad_1.0_all.deb'}: ")
+    assert "Traceback" not in err
+    sources = [line.split("\t") for line in (out / "SOURCES.tsv").read_text().splitlines()]
+    assert [r[0] for r in sources] == ["package", "kk-good", ps.CLDR_PACKAGE, "data/kk_templates.py"]
+    assert sources[1][4] == "6" and sources[3][4] == "40"
+    names = json.loads((out / "text" / "names.json").read_text())
+    assert names["country"] == ["Жапония", "Перу"] and {"Алматы", "Осло", "Астана"} <= set(names["city"])
+    test, valid, lm = ((out / "text" / f"{n}.txt").read_text().splitlines() for n in ("test", "valid", "lm"))
+    assert (len(test), len(valid), len(lm)) == (3, 3, 40)
+    assert not set(test) & set(valid) and not (set(test) | set(valid)) & set(lm)
+    assert sum(bool(re.search(r"\d", s)) for s in test + valid) >= 2  # number sentences reach the held-out splits
+    assert "файл бірінші ашылды" in test + valid + lm
+
+
 def test_splits_hold_out_sentences_and_voice():
     sentences = ps.split_sentences([f"сөз {ps.kk_numbers.cardinal(i)}" for i in range(200)], n_valid=20, n_test=30)
     assert [len(sentences[k]) for k in ("test", "valid", "lm")] == [30, 20, 150]
