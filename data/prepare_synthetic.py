@@ -556,11 +556,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def synthesize_split(utts: list[Utterance], out: Path, root: Path, jobs: int = 2,
-                     max_seconds: float = MAX_SECONDS) -> list[dict]:
-    """Speak a split in parallel (threads: the work is in espeak/sox subprocesses) -> its manifest rows, in order."""
+                     max_seconds: float = MAX_SECONDS, wav_dir: Path | None = None) -> list[dict]:
+    """Speak a split in parallel (threads: the work is in espeak/sox subprocesses) -> its manifest rows, in order.
+    The wavs go to wav_dir (default out/wavs/<split>)."""
     from tqdm import tqdm
 
-    wavs = [out / "wavs" / u.split / f"{u.name}.wav" for u in utts]
+    wavs = [(wav_dir or out / "wavs" / u.split) / f"{u.name}.wav" for u in utts]
     with ThreadPoolExecutor(jobs) as pool:
         durations = list(tqdm(pool.map(lambda uw: synthesize(*uw, max_seconds), zip(utts, wavs)),
                               total=len(utts), desc=utts[0].split if utts else "", unit="utt"))
@@ -633,6 +634,160 @@ def run_speech(args: argparse.Namespace) -> None:
     print(f"speech stage: {time.time() - start:.0f} s wall with {args.jobs} jobs")
 
 
+# ---------------------------------------------------------------------------------------------- stage: ood
+
+OOD_SENTENCES = Path(__file__).with_name("ood_sentences.txt")  # written for this test, see its header
+OOD_SPEEDS = [(95, 120), (200, 240)]  # words a minute, both sides of training's 130..190
+OOD_PITCHES = [(5, 25), (75, 95)]  # both sides of training's 30..70
+OOD_MAX_SECONDS = 20.0  # a test set: slow speech is long, and nothing is left out for it
+
+
+def read_ood_sentences(path: Path) -> tuple[list[str], list[str]]:
+    """(normalised sentences, one-line problems) of a sentence file: one a line, '#' comments, digits allowed."""
+    sentences, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        text = normalize(unicodedata.normalize("NFC", line))
+        letters = set(text.replace(" ", "")) - set("0123456789")
+        try:
+            kk_numbers.verbalize(text)
+        except ValueError as e:
+            problems.append(f"{path}:{n}: {e}")
+            continue
+        if not letters <= KAZAKH_LETTERS:
+            problems.append(f"{path}:{n}: not Kazakh Cyrillic ({''.join(sorted(letters - KAZAKH_LETTERS))})")
+        elif text in sentences:
+            problems.append(f"{path}:{n}: the same sentence as an earlier line")
+        else:
+            sentences.append(text)
+    return sentences, problems
+
+
+def plan_ood(texts: list[str], voice: str, seed: int, speeds: list[tuple[int, int]] = OOD_SPEEDS,
+             pitches: list[tuple[int, int]] = OOD_PITCHES) -> list[Utterance]:
+    """The held-out voice at a speed and a pitch drawn from ranges training never used (seeded)."""
+    rng = random.Random(f"{seed}:ood")
+    return [Utterance("ood", i, text, voice, rng.randint(*rng.choice(speeds)), rng.randint(*rng.choice(pitches)))
+            for i, text in enumerate(texts)]
+
+
+def run_ood(args: argparse.Namespace) -> int:
+    """The ood stage -> the number of sentence lines that could not be used (each reported on stderr)."""
+    out = Path(args.out)
+    root = Path(args.root) if args.root else out
+    if args.held_out_voice not in available_voices():
+        raise ValueError(f"espeak-ng: no voice variant {args.held_out_voice!r}")
+    path = Path(args.sentences)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing")
+    sentences, problems = read_ood_sentences(path)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    start = time.time()
+    utts = plan_ood(sentences, args.held_out_voice, args.seed)
+    rows = synthesize_split(utts, out, root, args.jobs, args.max_seconds, wav_dir=out / "ood")
+    write_jsonl(out / "ood.jsonl", rows)
+    print(f"ood: {len(rows)} utterances ({len(utts) - len(rows)} over {args.max_seconds} s skipped), "
+          f"{sum(r['duration'] for r in rows) / 60:.1f} min, voice {args.held_out_voice} -> {out / 'ood.jsonl'} "
+          f"({time.time() - start:.0f} s)")
+    return len(problems)
+
+
+# ---------------------------------------------------------------------------------------------- stage: degraded
+
+TEL_RATE = 8000  # telephone: 8 kHz, band 300..3400 Hz (ITU-T G.712's voice band)
+DEGRADATIONS = {  # name -> what it is; manifests test_<name>.jsonl
+    "quiet": "-20 dB gain, float wav",
+    "loud": "+12 dB gain, float wav, not clipped",
+    "tel8k": "300-3400 Hz band-pass, resampled to 8 kHz, int16 wav at 8 kHz",
+    "noise10": "white Gaussian noise at 10 dB SNR (seeded per file), float wav",
+}
+
+
+def gain(x: np.ndarray, db: float) -> np.ndarray:
+    """x (T,) float -> x * 10^(db/20), float32, never clipped."""
+    return (x * 10 ** (db / 20)).astype(np.float32)
+
+
+def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """x (T,) + white Gaussian noise whose power is the whole file's power over 10^(snr/10), float32."""
+    power = float(np.mean(x.astype(np.float64) ** 2))
+    noise = rng.standard_normal(len(x)) * np.sqrt(power / 10 ** (snr_db / 10))
+    return (x + noise).astype(np.float32)
+
+
+def telephone(src: Path, dst: Path) -> None:
+    """sox: band-pass 300..3400 Hz, then resample to 8 kHz, int16, no dither (so a rebuild gives the same bytes)."""
+    subprocess.run(["sox", "-D", str(src), "-t", "wav", "-b", "16", "-e", "signed-integer", str(dst),
+                    "sinc", "300-3400", "rate", str(TEL_RATE)], capture_output=True, check=True)
+
+
+def degrade(src: Path, dst: Path, kind: str, seed: int) -> None:
+    """One degraded copy of src at dst (atomically); an existing dst is kept."""
+    if dst.exists():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_suffix(".tmp")
+    try:
+        if kind == "tel8k":
+            telephone(src, tmp)
+        else:
+            x, rate = sf.read(str(src), dtype="float32")
+            if kind == "quiet":
+                y = gain(x, -20)
+            elif kind == "loud":
+                y = gain(x, 12)
+            elif kind == "noise10":
+                key = hashlib.sha1(f"{seed}:{src.name}".encode()).hexdigest()[:16]  # the same noise on a rebuild
+                y = add_noise(x, 10, np.random.default_rng(int(key, 16)))
+            else:
+                raise ValueError(f"degrade: no degradation {kind!r}")
+            sf.write(str(tmp), y, rate, subtype="FLOAT", format="WAV")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """A manifest's rows; a missing file or a line that is not a JSON object with audio_filepath is an error."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the `speech` stage first")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            row = False
+        if row is None:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("audio_filepath"), str):
+            raise ValueError(f"{path}:{n}: not a manifest line (a JSON object with audio_filepath)")
+        rows.append(row)
+    return rows
+
+
+def run_degraded(args: argparse.Namespace) -> None:
+    """Four degraded copies of the test split: out/wavs/test_<kind>/ and out/test_<kind>.jsonl."""
+    out = Path(args.out)
+    root = Path(args.root) if args.root else out  # audio_filepath is relative to it, in and out
+    rows = read_jsonl(out / "test.jsonl")
+    start = time.time()
+    for kind in args.kinds:
+        out_rows = []
+        for row in rows:
+            src = Path(row["audio_filepath"])
+            src = src if src.is_absolute() else root / src
+            dst = out / "wavs" / f"test_{kind}" / src.name
+            degrade(src, dst, kind, args.seed)
+            info = sf.info(str(dst))
+            out_rows.append({**row, "audio_filepath": audio_path(dst, root),
+                             "duration": round(info.frames / info.samplerate, 3), "degradation": kind})
+        write_jsonl(out / f"test_{kind}.jsonl", out_rows)
+        print(f"test_{kind}: {len(out_rows)} files ({DEGRADATIONS[kind]}) -> {out / f'test_{kind}.jsonl'}")
+    print(f"degraded stage: {time.time() - start:.0f} s")
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -670,13 +825,35 @@ def add_speech_args(p: argparse.ArgumentParser) -> None:
                    help="audio_filepath in manifests is relative to this folder (default: the manifests' own folder)")
 
 
+def add_ood_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ood stage")
+    g.add_argument("--sentences", default=str(OOD_SENTENCES), help="sentence file: one a line, '#' comments")
+    g.add_argument("--held-out-voice", default=HELD_OUT_VOICE, help="the voice variant (the test split's)")
+    g.add_argument("--max-seconds", type=float, default=OOD_MAX_SECONDS, help="skip utterances longer than this")
+    g.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng/sox processes")
+    g.add_argument("--root", default=None,
+                   help="audio_filepath in manifests is relative to this folder (default: the manifests' own folder)")
+
+
+def add_degraded_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("degraded stage")
+    g.add_argument("--kinds", nargs="+", default=list(DEGRADATIONS), choices=list(DEGRADATIONS),
+                   help="; ".join(f"{k}: {v}" for k, v in DEGRADATIONS.items()))
+    g.add_argument("--root", default=None,
+                   help="audio_filepath in manifests is relative to this folder (default: the manifests' own folder)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     stages = parser.add_subparsers(dest="stage", required=True)
     for name, help_, adders in [("text", "Debian kk translations -> clean normalised sentences", [add_text_args]),
                                 ("speech", "espeak-ng speech + manifests from the text stage", [add_speech_args]),
-                                ("all", "text, then speech", [add_text_args, add_speech_args])]:
+                                ("all", "text, then speech", [add_text_args, add_speech_args]),
+                                ("ood", "our own out-of-domain sentences, held-out voice, unseen speeds and pitches",
+                                 [add_ood_args]),
+                                ("degraded", "quiet, loud, 8 kHz telephone and noisy copies of the test split",
+                                 [add_degraded_args])]:
         p = stages.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_common_args(p)
         for add in adders:
@@ -689,7 +866,11 @@ def main(argv: list[str] | None = None) -> int:
             errors += run_text(args)
         if args.stage in ("speech", "all"):
             run_speech(args)
-    except (SourceError, FileNotFoundError, ValueError) as e:
+        if args.stage == "ood":
+            errors += run_ood(args)
+        if args.stage == "degraded":
+            run_degraded(args)
+    except (SourceError, FileNotFoundError, ValueError, sf.LibsndfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 1 if errors else 0
