@@ -5,6 +5,8 @@ A staged data-prep CLI in the manner of llama2.c's tinystories.py:
     python data/prepare_synthetic.py text     # Debian kk translations -> data/synth/text/{all,lm,valid,test}.txt
     python data/prepare_synthetic.py speech   # espeak-ng kk voice -> data/synth/{train,valid,test}.jsonl (+ test_long)
     python data/prepare_synthetic.py all      # both
+    python data/prepare_synthetic.py ood      # data/ood_sentences.txt, voice f3, unseen speeds/pitches -> ood.jsonl
+    python data/prepare_synthetic.py degraded # test split -> test_{quiet,loud,tel8k,noise10}.jsonl
 
 Stage `text` downloads (once, ~960 MB; cached in data/synth/debs) every Debian package that carries a Kazakh
 translation catalogue (data/kk_packages.txt, made with apt-file: LibreOffice, Firefox, KDE, GNOME, Xfce, MATE,
@@ -26,6 +28,13 @@ manifest keeps both (`text` the target with digits, `spoken` the words). The tes
 variant (--held-out-voice) that training never sees; valid uses unseen sentences but training voices. Manifests are
 NeMo style JSON lines: `audio_filepath` (relative to the manifest's folder, NeMo's convention; --root to change),
 `text`, `duration` (s), `voice`, `speed`, `pitch`, `spoken`. `test_long.jsonl` joins test utterances into ~60 s files.
+
+Stage `ood` speaks the sentences of data/ood_sentences.txt (written for this test: everyday and news-like Kazakh with
+numbers, dates and names) with the held-out voice at speeds (95..120, 200..240 wpm) and pitches (5..25, 75..95) outside
+the training ranges, into data/synth/ood/ and ood.jsonl. Stage `degraded` makes four copies of the test split:
+test_quiet (-20 dB) and test_loud (+12 dB, unclipped), both float wavs; test_tel8k (300..3400 Hz, 8 kHz); test_noise10
+(white noise at 10 dB SNR, seeded per file, float wav); wavs in data/synth/wavs/test_<name>/, rows as in test.jsonl plus
+`degradation`.
 
 Every file is written atomically (temp file + os.replace); reruns skip the .debs and wavs already there (a wav's
 name carries a hash of what is spoken and the voice settings, so a changed seed never reuses a stale file).
