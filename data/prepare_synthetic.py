@@ -375,11 +375,10 @@ def fetch_debs(packages: list[str], cache: Path) -> dict[str, Path]:
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".batch."))
         try:
             print(f"apt-get download: {len(missing)} packages into {cache}", file=sys.stderr)
-            subprocess.run(["apt-get", "download", *missing], cwd=tmp, capture_output=True, check=True)
-            for deb in tmp.glob("*.deb"):
+            # an unknown name fails the whole call: fetch_deb below then tries the ones still missing alone
+            subprocess.run(["apt-get", "download", *missing], cwd=tmp, capture_output=True)
+            for deb in tmp.glob("*.deb"):  # apt renames a download to .deb only once it is complete
                 os.replace(deb, cache / deb.name)
-        except subprocess.CalledProcessError:
-            pass  # an unknown name fails the whole call: fetch_deb below tries each one alone
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     debs = {}
@@ -479,6 +478,8 @@ def read_sources(args: argparse.Namespace, debs: dict[str, Path]) -> tuple[set[s
 def run_text(args: argparse.Namespace) -> int:
     """The text stage -> the number of unreadable source files (each already reported on stderr)."""
     out = Path(args.out)
+    if not 0 <= args.number_share <= 1 or args.n_numbers < 0:
+        raise ValueError(f"--number-share {args.number_share} must be in 0..1 and --n-numbers {args.n_numbers} >= 0")
     start = time.time()
     debs = fetch_debs(list(dict.fromkeys(args.packages + [CLDR_PACKAGE])), out / "debs")
     segments, names, rows, errors = read_sources(args, debs)
@@ -625,6 +626,12 @@ def run_speech(args: argparse.Namespace) -> None:
         raise ValueError(f"espeak-ng: voices {sorted(missing)} missing, or held-out {args.held_out_voice!r} "
                          f"not in --voices")
     sentences = {name: read_lines(out / "text" / f"{name}.txt") for name in ("lm", "valid", "test")}
+    for name, lines in sentences.items():  # a line espeak-ng would get digits of is an error naming it, up front
+        for n, line in enumerate(lines[:args.n_train] if name == "lm" else lines, 1):
+            try:
+                kk_numbers.verbalize(line)
+            except ValueError as e:
+                raise ValueError(f"{out / 'text' / f'{name}.txt'}:{n}: {e}") from None
     plans = plan_splits(sentences, args.n_train, args.held_out_voice, args.seed,
                         tuple(args.speed_range), tuple(args.pitch_range), args.voices)
     start = time.time()

@@ -5,6 +5,7 @@ where espeak-ng (with its Kazakh voice) and sox are installed.
 """
 import importlib.util
 import json
+import os
 import re
 import shutil
 import struct
@@ -308,3 +309,44 @@ def test_synthesis_is_deterministic_and_speaks_numbers_as_our_words(tmp_path):
     assert a == (tmp_path / "c.wav").read_bytes()  # espeak-ng was given our words, not the digits
     (row,) = ps.synthesize_split([digits], tmp_path / "synth", root=tmp_path)
     assert row["text"] == "сабақ сағат 14 30 басталады" and row["spoken"] == words.text
+
+
+def test_fetch_debs_batches_the_download_and_skips_what_apt_lacks(tmp_path, monkeypatch, capsys):
+    """A stand-in apt-get on PATH (nothing is downloaded): one call for all missing packages, then one a package
+    only if that call failed (apt refuses the whole list for one unknown name)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+shift
+for p in "$@"; do [ "$p" = nosuch ] && {{ echo "E: Unable to locate package nosuch" >&2; exit 100; }}; done
+for p in "$@"; do echo deb > "${{p}}_1.0_all.deb"; done
+""")
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cache = tmp_path / "debs"
+    cache.mkdir()
+    (cache / "cached_2.0_all.deb").write_text("deb")
+
+    debs = ps.fetch_debs(["cached", "a", "b"], cache)
+    assert debs == {p: cache / f"{p}_{'2.0' if p == 'cached' else '1.0'}_all.deb" for p in ("cached", "a", "b")}
+    assert log.read_text().splitlines() == ["download a b"]  # one call, and none for the cached package
+    log.unlink()
+    debs = ps.fetch_debs(["a", "c", "nosuch", "d"], cache)
+    assert list(debs) == ["a", "c", "d"] and all(p.exists() for p in debs.values())
+    assert log.read_text().splitlines() == ["download c nosuch d", "download c", "download nosuch", "download d"]
+    assert "skip nosuch: apt-get download failed: E: Unable to locate package nosuch" in capsys.readouterr().err
+    assert not list(cache.glob(".*"))  # no temp folders left
+
+
+@pytest.mark.skipif(not has_espeak_kk(), reason="needs espeak-ng with its kk voice, and sox")
+def test_speech_stage_names_a_line_it_cannot_speak(tmp_path, capsys):
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "lm.txt").write_text("файлды ашу\n", encoding="utf-8")
+    (text / "valid.txt").write_text("сәлем әлем\nбіз 5мин күттік\n", encoding="utf-8")
+    (text / "test.txt").write_text("жаңа терезе\n", encoding="utf-8")
+    assert ps.main(["speech", "--out", str(tmp_path), "--n-long", "0"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {text / 'valid.txt'}:2: verbalize: cannot read '5мин' " \
+                                              "(digits glued to letters)"
+    assert not (tmp_path / "wavs").exists()  # checked before any speech
