@@ -1,4 +1,4 @@
-"""data/prepare_synthetic.py stages `ood` (our own sentences, unseen voice settings) and `degraded` (test-set copies)."""
+"""data/prepare_synthetic.py stages `ood` (our own sentences, unseen voice settings) and `degraded` (test copies)."""
 import importlib.util
 import json
 import re

@@ -211,8 +211,8 @@ def test_text_stage_end_to_end(tmp_path, capsys):
     """Cached .debs only (nothing downloaded): a broken one is named on stderr, the rest still make the text."""
     debs = tmp_path / "synth" / "debs"
     debs.mkdir(parents=True)
-    entries = {b"": MO_ENTRIES[b""], **{f"m{i}".encode(): f"Файл {w} ашылды".encode()
-                                         for i, w in enumerate(["бірінші", "екінші", "үшінші", "соңғы", "жаңа", "ескі"])}}
+    words = ["бірінші", "екінші", "үшінші", "соңғы", "жаңа", "ескі"]
+    entries = {b"": MO_ENTRIES[b""], **{f"m{i}".encode(): f"Файл {w} ашылды".encode() for i, w in enumerate(words)}}
     write_mo(tmp_path / "app.mo", entries)
     write_mo(tmp_path / "iso.mo", {b"": MO_ENTRIES[b""], b"Japan": "Жапония".encode(), b"Peru": "Перу".encode()})
     build_deb(tmp_path, "kk-good", {"usr/share/locale/kk/LC_MESSAGES/app.mo": (tmp_path / "app.mo").read_bytes(),
