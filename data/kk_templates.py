@@ -8,8 +8,8 @@ and the Kazakh towns below are common ones, listed here.
     sentences = number_sentences(names, n=3000, seed=1337)   # normalised (recipe §5), unique, in a seeded order
 
 Slots: {name} {name2} person; {city} {city2}; {country}; {lang_acc} a language in the accusative ("неміс тілін");
-{year}; {date} "2023 жылғы 5 наурыз"; {daymonth} "5 наурыз"; {month}; {time} "14:30"; {ordN} a written ordinal
-up to N; {nA_B} a count in A..B. Every template keeps its slots where a bare (nominative) word is grammatical, so
+{year} (past) and {fyear} (future); {date} "2023 жылғы 5 наурыз" (past) and {fdate}; {daymonth} "5 наурыз";
+{month}; {time} "14:30"; {ordN} a written ordinal up to N; {nA_B} a count in A..B. Every template keeps its slots where a bare (nominative) word is grammatical, so
 no suffix has to agree with a filled-in word.
 """
 
@@ -38,7 +38,7 @@ TEMPLATES = [
     "Бұл ғимарат {year} жылы салынған.",
     "{name} {year} жылдан бері {city} қаласында тұрады.",
     "Мектеп {year} жылы ашылды.",
-    "Жаңа жол {year} жылы пайдалануға беріледі.",
+    "Жаңа жол {fyear} жылы пайдалануға беріледі.",
     "{year} жылғы сайлауда {name} жеңіске жетті.",
     "{city} қаласы {year} жылдан бастап тез өсті.",
     "Кездесу {date} күні {city} қаласында өтті.",
@@ -53,7 +53,7 @@ TEMPLATES = [
     "Жиналыс {daymonth} күні сағат {time} басталады.",
     "{name} {date} күні {city} қаласына келді.",
     "Келесі емтихан {daymonth} күні өтеді.",
-    "Фестиваль {date} күні ашылады.",
+    "Фестиваль {fdate} күні ашылады.",
     "Пойыз {city} қаласына сағат {time} жетеді.",
     "Сабақ сағат {time} басталады.",
     "{name} кеше сағат {time} үйге оралды.",
@@ -65,7 +65,7 @@ TEMPLATES = [
     "{name} {daymonth} күні туған.",
     "Ол {year} жылғы {month} айында оқуын бітірді.",
     "Бүгін {date}.",
-    "Демалыс {daymonth} күні басталып {daymonth2} күні аяқталады.",
+    "Демалыс {daymonth} күні басталып {n2_20} күнге созылады.",
     # home and family
     "Отбасымызда {n2_8} бала бар.",
     "{name} биыл {n2_90} жасқа толды.",
@@ -136,12 +136,13 @@ def fill(template: str, names: dict[str, list[str]], rng: random.Random) -> str:
             choices = [v for v in pool if v not in used] or pool
             used.add(value := rng.choice(choices))  # "Серік және Серік" is not a sentence
             return value
-        if key == "year":
-            return str(rng.randint(1900, 2030))
-        if key in ("date", "daymonth"):
+        if key in ("year", "fyear"):  # a past year, or a future one for a sentence in the future tense
+            return str(rng.randint(1900, 2024) if key == "year" else rng.randint(2025, 2035))
+        if key in ("date", "fdate", "daymonth"):
             month, day = rng.randint(1, 12), rng.randint(1, 28)
-            return kk_numbers.written_date(rng.randint(1990, 2030), month, day) if key == "date" \
-                else f"{day} {kk_numbers.MONTHS[month - 1]}"
+            year = rng.randint(1990, 2024) if key == "date" else rng.randint(2025, 2035)
+            return f"{day} {kk_numbers.MONTHS[month - 1]}" if key == "daymonth" \
+                else kk_numbers.written_date(year, month, day)
         if key == "month":
             return rng.choice(kk_numbers.MONTHS)
         if key == "time":
