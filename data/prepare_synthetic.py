@@ -5,32 +5,46 @@ A staged data-prep CLI in the manner of llama2.c's tinystories.py:
     python data/prepare_synthetic.py text     # Debian kk translations -> data/synth/text/{all,lm,valid,test}.txt
     python data/prepare_synthetic.py speech   # espeak-ng kk voice -> data/synth/{train,valid,test}.jsonl (+ test_long)
     python data/prepare_synthetic.py all      # both
+    python data/prepare_synthetic.py ood      # data/ood_sentences.txt, voice f3, unseen speeds/pitches -> ood.jsonl
+    python data/prepare_synthetic.py degraded # test split -> test_{quiet,loud,tel8k,noise10}.jsonl
 
-Stage `text` downloads (once; cached in data/synth/debs) Debian packages that carry Kazakh UI translations
-(LibreOffice, Firefox, Thunderbird, GNOME, Xfce, iso-codes, ...), reads the msgstr values of their
-`kk` .mo catalogues with `gettext.GNUTranslations` (and the .ftl/.properties files inside the Mozilla
-language-pack .xpi), cleans them into short Kazakh Cyrillic segments (accelerators and tags removed, sentences
-with placeholders dropped, small numbers spelt out in Kazakh), normalises them as FLEURS does (recipe §5),
-de-duplicates and shuffles them with a seed. The first --n-test lines become the test sentences, the next --n-valid the validation sentences, and every
-other line goes to lm.txt (text for language-model pretraining, never containing a valid/test sentence).
-Each package's version and licence go to data/synth/SOURCES.tsv.
+Stage `text` downloads (once, ~960 MB; cached in data/synth/debs) every Debian package that carries a Kazakh
+translation catalogue (data/kk_packages.txt, made with apt-file: LibreOffice, Firefox, KDE, GNOME, Xfce, MATE,
+iso-codes, ...), reads the msgstr values of their `kk` .mo catalogues (and the .ftl/.properties files inside the
+Mozilla language-pack .xpi), cleans them into short Kazakh Cyrillic segments (accelerators and tags removed, sentences
+with placeholders dropped, small numbers spelt out in Kazakh), normalises them as FLEURS does (recipe §5) and
+de-duplicates and shuffles them with a seed. To these it adds --n-numbers sentences made from data/kk_templates.py:
+numbers, years, dates, clock times and ordinals written with digits as FLEURS writes them ("2015 жылы", "сағат 14 30"),
+filled with Kazakh place names read from iso-codes (countries) and CLDR (unicode-cldr-core: countries, languages,
+and the Kazakh names of tzdata's time-zone cities). They are spread through the list (--number-share of it). The first
+--n-test lines become the test sentences, the next --n-valid the validation sentences, and every other line goes to
+lm.txt (text for language-model pretraining, never containing a valid/test sentence). Each package's version and
+licence go to data/synth/SOURCES.tsv, the template names to data/synth/text/names.json.
 
 Stage `speech` speaks the sentences with espeak-ng's Kazakh voice, a random voice variant, speed and pitch per
-utterance (seeded), resampled by sox to 16 kHz mono int16. The test split uses sentences and one voice variant
-(--held-out-voice) that training never sees; valid uses unseen sentences but training voices. Manifests are NeMo
-style JSON lines: `audio_filepath` (relative to the manifest's folder, NeMo's convention; --root to change),
-`text`, `duration` (s), `voice`, `speed`, `pitch`. `test_long.jsonl` joins test utterances into ~60 s files.
+utterance (seeded), resampled by sox to 16 kHz mono int16 without dither, so a rebuild gives the same bytes. Digits
+are never given to espeak-ng: kk_numbers.verbalize reads them as our words ("екі мың он бесінші жылы"), and the
+manifest keeps both (`text` the target with digits, `spoken` the words). The test split uses sentences and one voice
+variant (--held-out-voice) that training never sees; valid uses unseen sentences but training voices. Manifests are
+NeMo style JSON lines: `audio_filepath` (relative to the manifest's folder, NeMo's convention; --root to change),
+`text`, `duration` (s), `voice`, `speed`, `pitch`, `spoken`. `test_long.jsonl` joins test utterances into ~60 s files.
+
+Stage `ood` speaks the sentences of data/ood_sentences.txt (written for this test: everyday and news-like Kazakh with
+numbers, dates and names) with the held-out voice at speeds (95..120, 200..240 wpm) and pitches (5..25, 75..95) outside
+the training ranges, into data/synth/ood/ and ood.jsonl. Stage `degraded` makes four copies of the test split:
+test_quiet (-20 dB) and test_loud (+12 dB, unclipped), both float wavs; test_tel8k (300..3400 Hz, 8 kHz); test_noise10
+(white noise at 10 dB SNR, seeded per file, float wav); wavs in data/synth/wavs/test_<name>/, rows as in test.jsonl plus
+`degradation`.
 
 Every file is written atomically (atomic.py); reruns skip the .debs and wavs already there (a wav's
-name carries a hash of its text and voice settings, so a changed seed never reuses a stale file).
+name carries a hash of what is spoken and the voice settings, so a changed seed never reuses a stale file).
 
 What it does not do: it is not natural speech (espeak is a formant synthesiser: the teaching model learns to
-read espeak, not people), it does not spell out numbers above 9999, decimals, dates or ordinals (such sentences
-are dropped), and it does not read LibreOffice's help or .xcd registry files.
+read espeak, not people); in UI strings it does not read numbers above 9999, decimals, dates or ordinals (such
+sentences are dropped: the templates supply them); it does not read LibreOffice's help or .xcd registry files.
 """
 
 import argparse
-import gettext
 import hashlib
 import html
 import io
@@ -39,6 +53,7 @@ import os
 import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -56,6 +71,9 @@ import soundfile as sf
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from atomic import atomic_path, write_text  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however this file is loaded
+import kk_numbers  # noqa: E402
+import kk_templates  # noqa: E402
 from tokenizer import normalize  # noqa: E402  the one normalisation of targets, references and hypotheses (recipe §5)
 OUT_DIR = REPO_ROOT / "data" / "synth"
 
@@ -64,23 +82,17 @@ MAX_SECONDS = 10.0  # longer utterances are skipped
 LONG_SECONDS = 60.0  # target length of a long-form test file
 LONG_GAP_SECONDS = 0.3  # silence between the utterances joined into a long-form file
 
-# Debian packages whose kk catalogues were checked by hand (bookworm); the two l10n packs are the largest.
-PACKAGES = [
-    "libreoffice-l10n-kk", "firefox-esr-l10n-kk", "thunderbird-l10n-kk", "iso-codes", "coreutils",
-    "libglib2.0-data", "libgtk-3-common", "libgtk-4-common", "gvfs-common", "libsecret-common",
-    "libgweather-4-common", "shared-mime-info", "xdg-user-dirs", "gnome-desktop3-data",
-    "gnome-control-center-data", "gnome-settings-daemon-common", "gnome-shell-common", "mutter-common",
-    "gnome-session-common", "gdm3", "gnome-initial-setup", "gnome-keyring", "seahorse", "nautilus-data",
-    "gedit-common", "gnome-text-editor", "evince-common", "file-roller", "baobab", "gnome-disk-utility",
-    "gnome-system-monitor", "gnome-terminal-data", "gnome-calculator", "gnome-calendar", "gnome-characters",
-    "gnome-clocks", "gnome-contacts", "gnome-font-viewer", "gnome-logs", "gnome-maps", "gnome-music",
-    "gnome-software-common", "gnome-tweaks", "gnome-weather", "gnome-mines", "aisleriot", "gucharmap",
-    "totem-common", "rhythmbox-data", "cheese-common", "brasero-common", "shotwell-common", "simple-scan",
-    "epiphany-browser-data", "yelp", "tracker", "network-manager-gnome", "pidgin-data", "vlc-l10n",
-    "xfce4-panel", "xfce4-session", "xfce4-settings", "xfce4-terminal", "xfce4-appfinder", "xfce4-notifyd",
-    "xfdesktop4-data", "xfwm4", "thunar-data", "mousepad", "ristretto", "parole", "xfburn",
-    "lightdm-gtk-greeter",
-]
+PACKAGES_FILE = Path(__file__).with_name("kk_packages.txt")  # every Debian package with a kk catalogue (apt-file)
+CLDR_PACKAGE = "unicode-cldr-core"  # CLDR's Kazakh names of countries, languages and time-zone cities
+CLDR_KK = "usr/share/unicode/cldr/common/main/kk.xml"
+ISO_COUNTRIES_KK = "usr/share/locale/kk/LC_MESSAGES/iso_3166-1.mo"  # iso-codes' only other kk files: 3166-3, a link
+
+
+def read_package_list(path: Path = PACKAGES_FILE) -> list[str]:
+    """Package names, one a line; '#' starts a comment."""
+    return [line.split("#")[0].strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.split("#")[0].strip()]
+
 
 # espeak-ng voice variants (`espeak-ng --voices=variant`, files !v/<name>); one is held out for the test split
 VOICES = ["m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5"]
@@ -105,47 +117,28 @@ class Utterance:
     pitch: int  # 0..99
 
     @property
+    def spoken(self) -> str:
+        """What espeak-ng is given: the text with its digits in words ('2015 жылы' -> 'екі мың он бесінші жылы')."""
+        return kk_numbers.verbalize(self.text)
+
+    @property
     def name(self) -> str:
         """File stem: index + hash of what is spoken, so changed settings never reuse an old wav."""
-        key = f"{self.text}|{self.voice}|{self.speed}|{self.pitch}".encode()
+        key = f"{self.spoken}|{self.voice}|{self.speed}|{self.pitch}|nodither".encode()  # wavs made with dither differ
         return f"{self.index:06d}_{hashlib.sha1(key).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------------------------------- numbers
 
-ONES = ["нөл", "бір", "екі", "үш", "төрт", "бес", "алты", "жеті", "сегіз", "тоғыз"]
-TENS = ["", "он", "жиырма", "отыз", "қырық", "елу", "алпыс", "жетпіс", "сексен", "тоқсан"]
-
-
-def kazakh_number(n: int) -> str:
-    """0..9999 in Kazakh words: 21 -> 'жиырма бір', 1990 -> 'бір мың тоғыз жүз тоқсан', 100 -> 'жүз'."""
-    if not 0 <= n <= 9999:
-        raise ValueError(f"kazakh_number: {n} is outside 0..9999")
-    if n == 0:
-        return ONES[0]
-    thousands, rest = divmod(n, 1000)
-    hundreds, rest = divmod(rest, 100)
-    tens, ones = divmod(rest, 10)
-    words = []
-    if thousands:
-        words += [ONES[thousands], "мың"]  # 1000 is "бір мың", with its "one"
-    if hundreds:
-        words += ([] if hundreds == 1 else [ONES[hundreds]]) + ["жүз"]  # 100 is plain "жүз"
-    if tens:
-        words.append(TENS[tens])
-    if ones:
-        words.append(ONES[ones])
-    return " ".join(words)
-
-
 def spell_numbers(sentence: str) -> str | None:
-    """Digits -> Kazakh words; None when a number can't be read simply (decimal, date, ordinal, > 9999, '007')."""
+    """Digits of a UI string -> Kazakh words; None when a number can't be read simply (decimal, date, ordinal,
+    > 9999, '007')."""
     if re.search(r"\d[.,:/]\d|\d-?[^\W\d_]", sentence):  # 1.5, 10:30, 01/02, 1-ші, 5мин
         return None
     numbers = re.findall(r"\d+", sentence)
     if any(len(d) > 4 or (len(d) > 1 and d[0] == "0") for d in numbers):  # "10 000" splits into "000"
         return None
-    return re.sub(r"\d+", lambda m: f" {kazakh_number(int(m.group()))} ", sentence)
+    return re.sub(r"\d+", lambda m: f" {kk_numbers.cardinal(int(m.group()))} ", sentence)
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
@@ -206,13 +199,29 @@ def clean_message(message: str, min_words: int = 2, max_words: int = 12) -> list
 # ---------------------------------------------------------------------------------------------- readers
 
 def read_mo(data: bytes, path: str) -> list[str]:
-    """The msgstr values (all plural forms) of a compiled gettext catalogue."""
-    try:
-        catalog = gettext.GNUTranslations(io.BytesIO(data))._catalog  # no public way to list the entries
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise SourceError(f"{path}: not a readable .mo catalogue ({e})") from None
-    # keys: "msgid", "ctx\x04msgid" or (msgid, plural_index); "" is the header
-    return [v for k, v in catalog.items() if k != "" and v]
+    """The msgstr values (all plural forms) of a compiled gettext catalogue (GNU .mo: a header, then two tables of
+    (length, offset) pairs). Read by hand: gettext.GNUTranslations refuses catalogues whose Plural-Forms it cannot
+    parse, and we never evaluate plurals."""
+    if len(data) < 20 or data[:4] not in (b"\xde\x12\x04\x95", b"\x95\x04\x12\xde"):
+        raise SourceError(f"{path}: not a readable .mo catalogue (bad magic number)")
+    order = "<" if data[:4] == b"\xde\x12\x04\x95" else ">"
+    _, count, ids_at, strs_at = struct.unpack(f"{order}4I", data[4:20])
+    if max(ids_at, strs_at) + 8 * count > len(data):
+        raise SourceError(f"{path}: not a readable .mo catalogue (tables past the end of the file)")
+    values = []
+    for i in range(count):
+        id_len, id_at = struct.unpack(f"{order}2I", data[ids_at + 8 * i: ids_at + 8 * i + 8])
+        str_len, str_at = struct.unpack(f"{order}2I", data[strs_at + 8 * i: strs_at + 8 * i + 8])
+        if id_at + id_len > len(data) or str_at + str_len > len(data):
+            raise SourceError(f"{path}: not a readable .mo catalogue (entry {i} past the end of the file)")
+        if id_len == 0:  # the "" entry is the header
+            continue
+        try:
+            text = data[str_at:str_at + str_len].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SourceError(f"{path}: not a readable .mo catalogue (entry {i} is not UTF-8: {e})") from None
+        values += [v for v in text.split("\0") if v]  # plural forms are NUL-separated
+    return values
 
 
 def read_ftl(text: str) -> list[str]:
@@ -261,28 +270,54 @@ def read_xpi(data: bytes, path: str) -> list[str]:
 
 
 def is_kk_catalogue(name: str) -> bool:
-    """A Kazakh .mo (any folder named kk, e.g. usr/share/locale/kk/LC_MESSAGES) or a kk Mozilla langpack."""
+    """A Kazakh .mo (any folder named kk or kk_KZ, e.g. usr/share/locale/kk/LC_MESSAGES) or a kk Mozilla langpack."""
     parts = name.split("/")
-    return (name.endswith(".mo") and "kk" in parts) or (name.endswith(".xpi") and "langpack-kk" in parts[-1])
+    return ((name.endswith(".mo") and bool({"kk", "kk_KZ"} & set(parts)))
+            or (name.endswith(".xpi") and "langpack-kk" in parts[-1]))
 
 
-def read_deb(deb: Path) -> tuple[list[str], list[str], str]:
-    """(strings of its kk catalogues, the catalogue paths, the copyright text) of a .deb, read in memory."""
-    tar_bytes = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
-    strings, files, copyright_text = [], [], ""
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
-        for member in tar.getmembers():
-            name = member.name.removeprefix("./")
-            if not member.isfile():
-                continue
-            if is_kk_catalogue(name):
-                data = tar.extractfile(member).read()
-                read = read_mo if name.endswith(".mo") else read_xpi
-                strings += read(data, f"{deb.name}:{name}")
-                files.append(name)
-            elif re.fullmatch(r"usr/share/doc/[^/]+/copyright", name):
-                copyright_text = tar.extractfile(member).read().decode("utf-8", "replace")
-    return strings, files, copyright_text
+@dataclass
+class DebText:
+    """What we read of one .deb: the strings of each kk catalogue, its copyright file, and any extra files asked for."""
+    catalogues: dict[str, list[str]]  # path inside the package -> msgstr values
+    copyright: str
+    extra: dict[str, bytes]  # path -> bytes, for the paths given to read_deb
+
+    @property
+    def strings(self) -> list[str]:
+        return [s for values in self.catalogues.values() for s in values]
+
+
+def read_deb(deb: Path, extra: tuple[str, ...] = ()) -> DebText:
+    """The kk catalogues, copyright text and the `extra` files of a .deb, streamed (a .deb can hold 300 MB of data).
+
+    A catalogue that cannot be read raises SourceError naming the .deb and the file."""
+    catalogues, copyright_text, files = {}, "", {}
+    proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if not member.isfile():
+                    continue
+                if is_kk_catalogue(name):
+                    data = tar.extractfile(member).read()
+                    read = read_mo if name.endswith(".mo") else read_xpi
+                    catalogues[name] = read(data, f"{deb.name}:{name}")
+                elif re.fullmatch(r"usr/share/doc/[^/]+/copyright", name):
+                    copyright_text = tar.extractfile(member).read().decode("utf-8", "replace")
+                elif name in extra:
+                    files[name] = tar.extractfile(member).read()
+    except tarfile.TarError as e:
+        raise SourceError(f"{deb}: not a readable .deb ({e})") from None
+    finally:  # on an early exit dpkg-deb gets SIGPIPE; either way it must not be left running
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode("utf-8", "replace").strip()
+        proc.stderr.close()
+        returncode = proc.wait()
+    if returncode != 0:
+        raise SourceError(f"{deb}: dpkg-deb failed ({stderr[-200:]})")
+    return DebText(catalogues, copyright_text, files)
 
 
 def licence_of(copyright_text: str) -> str:
@@ -322,8 +357,47 @@ def fetch_deb(package: str, cache: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fetch_debs(packages: list[str], cache: Path) -> dict[str, Path]:
+    """The cached .debs of packages; the missing ones fetched by one `apt-get download` (one a call if that fails).
+
+    A package apt cannot fetch is left out, with a line on stderr."""
+    missing = [p for p in packages if not sorted(cache.glob(f"{p}_*.deb"))]
+    if len(missing) > 1:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".batch."))
+        try:
+            print(f"apt-get download: {len(missing)} packages into {cache}", file=sys.stderr)
+            # an unknown name fails the whole call: fetch_deb below then tries the ones still missing alone
+            subprocess.run(["apt-get", "download", *missing], cwd=tmp, capture_output=True)
+            for deb in tmp.glob("*.deb"):  # apt renames a download to .deb only once it is complete
+                os.replace(deb, cache / deb.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    debs = {}
+    for package in packages:
+        try:
+            debs[package] = fetch_deb(package, cache)
+        except subprocess.CalledProcessError as e:
+            print(f"skip {package}: apt-get download failed: {e.stderr.decode().strip()[-200:]}", file=sys.stderr)
+    return debs
+
+
 def deb_version(deb: Path) -> str:
     return subprocess.run(["dpkg-deb", "-f", str(deb), "Version"], capture_output=True, text=True).stdout.strip()
+
+
+def interleave(main: list[str], extra: list[str], share: float) -> list[str]:
+    """extra spread evenly through the start of main, one line in 1/share, until it runs out; then the rest of main.
+
+    So test, valid and the first --n-train lines of lm (the training utterances) all hold that share of them:
+    interleave(list("abcdef"), ["X", "Y"], 0.5) -> ['a', 'X', 'b', 'Y', 'c', 'd', 'e', 'f']."""
+    out, j = [], 0
+    for line in main:
+        out.append(line)
+        if j < len(extra) and int((len(out) + 1) * share) > j:
+            out.append(extra[j])
+            j += 1
+    return out + extra[j:]
 
 
 def split_sentences(segments: list[str], n_valid: int, n_test: int) -> dict[str, list[str]]:
@@ -333,32 +407,92 @@ def split_sentences(segments: list[str], n_valid: int, n_test: int) -> dict[str,
     return {"test": segments[:n_test], "valid": segments[n_test:n_test + n_valid], "lm": segments[n_test + n_valid:]}
 
 
-def run_text(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    rows, segments = [], set()
-    for package in args.packages:
+def kazakh_names(values: list[str]) -> list[str]:
+    """Place names fit for a template slot: one or two capitalised words in Kazakh letters, sorted, unique."""
+    keep = set()
+    for value in values:
+        value = unicodedata.normalize("NFC", value.strip())
+        letters = set(value.lower()) - {" ", "-"}
+        if value and kk_templates.is_proper_name(value) and letters <= KAZAKH_LETTERS:
+            keep.add(value)
+    return sorted(keep)
+
+
+def cldr_names(xml: bytes, path: str) -> dict[str, list[str]]:
+    """CLDR kk.xml -> its Kazakh names: 'city' (time-zone exemplar cities, i.e. tzdata's), 'country', 'language'."""
+    import xml.etree.ElementTree as ET  # expat refuses entity expansion bombs (Python >= 3.7.1 with expat 2.4)
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as e:
+        raise SourceError(f"{path}: not readable XML ({e})") from None
+    cities = [e.text or "" for e in root.iter("exemplarCity")]
+    countries = [e.text or "" for e in root.iter("territory") if len(e.get("type", "")) == 2 and "alt" not in e.attrib]
+    languages = [e.text or "" for e in root.iter("language") if "alt" not in e.attrib]
+    return {"city": cities, "country": countries, "language": languages}
+
+
+def template_names(iso_countries: list[str], cldr: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The slot values of kk_templates: person names, cities, countries, languages in the accusative."""
+    languages = sorted({n + "н" for n in cldr.get("language", []) if re.fullmatch(r"[а-яәғқңөұүһі]+ тілі", n)})
+    return {
+        "person": kk_templates.PERSON_NAMES,
+        "city": sorted(set(kk_templates.KAZAKH_TOWNS) | set(kazakh_names(cldr.get("city", [])))),
+        "country": kazakh_names(iso_countries + cldr.get("country", [])) or ["Қазақстан"],
+        "lang_acc": languages or ["қазақ тілін", "орыс тілін", "ағылшын тілін"],  # "тілі" + н: its accusative
+    }
+
+
+def read_sources(args: argparse.Namespace, debs: dict[str, Path]) -> tuple[set[str], dict, list[list[str]], int]:
+    """Every package's clean segments -> (segments, template names, SOURCES.tsv rows, number of unreadable files)."""
+    rows, segments, errors = [], set(), 0
+    iso_countries, cldr = [], {}
+    for package, deb in debs.items():
         try:
-            deb = fetch_deb(package, out / "debs")
-        except subprocess.CalledProcessError as e:
-            print(f"skip {package}: apt-get download failed: {e.stderr.decode().strip()[-200:]}", file=sys.stderr)
+            got = read_deb(deb, extra=(CLDR_KK,))
+            if CLDR_KK in got.extra:
+                cldr = cldr_names(got.extra[CLDR_KK], f"{deb.name}:{CLDR_KK}")
+        except SourceError as e:
+            print(f"error: {e}", file=sys.stderr)
+            errors += 1
             continue
-        strings, files, copyright_text = read_deb(deb)
+        iso_countries += got.catalogues.get(ISO_COUNTRIES_KK, [])
+        strings = got.strings
         found = {s for m in strings for s in clean_message(m, args.min_words, args.max_words)}
         segments |= found
-        rows.append([package, deb_version(deb), licence_of(copyright_text), str(len(strings)), str(len(found)),
-                     str(len(files))])
-        print(f"{package:32s} {len(strings):6d} strings -> {len(found):6d} segments  ({rows[-1][2]})")
+        n_names = sum(len(v) for v in cldr.values()) if CLDR_KK in got.extra else 0
+        rows.append([package, deb_version(deb), licence_of(got.copyright), str(len(strings) + n_names),
+                     str(len(found)), str(len(got.catalogues) + (CLDR_KK in got.extra))])
+        print(f"{package:32s} {int(rows[-1][3]):6d} strings -> {len(found):6d} segments  ({rows[-1][2]})")
+    return segments, template_names(iso_countries, cldr), rows, errors
+
+
+def run_text(args: argparse.Namespace) -> int:
+    """The text stage -> the number of unreadable source files (each already reported on stderr)."""
+    out = Path(args.out)
+    if not 0 <= args.number_share <= 1 or args.n_numbers < 0:
+        raise ValueError(f"--number-share {args.number_share} must be in 0..1 and --n-numbers {args.n_numbers} >= 0")
+    start = time.time()
+    debs = fetch_debs(list(dict.fromkeys(args.packages + [CLDR_PACKAGE])), out / "debs")
+    segments, names, rows, errors = read_sources(args, debs)
+    numbers = kk_templates.number_sentences(names, args.n_numbers, args.seed, normalize)
+    rows.append(["data/kk_templates.py", "-", "this project's licence", str(len(numbers)), str(len(numbers)), "0"])
+    print(f"{'data/kk_templates.py':32s} {len(numbers):6d} sentences with numbers, dates, times and ordinals")
     header = ["package", "version", "licence", "strings", "segments", "catalogues"]
     write_text(out / "SOURCES.tsv", "\n".join("\t".join(r) for r in [header] + rows) + "\n")
+    write_text(out / "text" / "names.json", json.dumps(names, ensure_ascii=False, indent=1) + "\n")
 
-    ordered = sorted(segments)  # sorted first: set order is not reproducible across runs
+    ordered = sorted(segments - set(numbers))  # sorted first: set order is not reproducible across runs
     random.Random(args.seed).shuffle(ordered)
+    ordered = interleave(ordered, numbers, args.number_share)
     splits = split_sentences(ordered, args.n_valid, args.n_test)
     write_text(out / "text" / "all.txt", "\n".join(ordered) + "\n")
     for name, lines in splits.items():
         write_text(out / "text" / f"{name}.txt", "\n".join(lines) + "\n")
-    print(f"{len(ordered)} unique segments from {len(rows)} packages: "
-          f"{len(splits['test'])} test, {len(splits['valid'])} valid, {len(splits['lm'])} lm -> {out / 'text'}")
+    print(f"{len(ordered)} unique segments from {len(rows) - 1} packages and the templates: "
+          f"{len(splits['test'])} test, {len(splits['valid'])} valid, {len(splits['lm'])} lm -> {out / 'text'} "
+          f"({time.time() - start:.0f} s)")
+    return errors
 
 
 # ---------------------------------------------------------------------------------------------- stage: speech
@@ -400,8 +534,9 @@ def synthesize(utt: Utterance, wav: Path, max_seconds: float = MAX_SECONDS) -> f
         with atomic_path(wav) as tmp:
             # the text goes on stdin, so a sentence can never be read as an option
             subprocess.run(["espeak-ng", "-v", f"kk+{utt.voice}", "-s", str(utt.speed), "-p", str(utt.pitch),
-                            "-w", str(raw)], input=utt.text.encode(), capture_output=True, check=True)
-            subprocess.run(["sox", "-t", "wav", str(raw), "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
+                            "-w", str(raw)], input=utt.spoken.encode(), capture_output=True, check=True)
+            # -D: no dither, whose noise would make every rebuild of the same utterance differ
+            subprocess.run(["sox", "-D", "-t", "wav", str(raw), "-t", "wav", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16",
                             "-e", "signed-integer", str(tmp)], capture_output=True, check=True)
             duration = sf.info(str(tmp)).frames / SAMPLE_RATE
             if duration > max_seconds:
@@ -428,11 +563,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def synthesize_split(utts: list[Utterance], out: Path, root: Path, jobs: int = 2,
-                     max_seconds: float = MAX_SECONDS) -> list[dict]:
-    """Speak a split in parallel (threads: the work is in espeak/sox subprocesses) -> its manifest rows, in order."""
+                     max_seconds: float = MAX_SECONDS, wav_dir: Path | None = None) -> list[dict]:
+    """Speak a split in parallel (threads: the work is in espeak/sox subprocesses) -> its manifest rows, in order.
+    The wavs go to wav_dir (default out/wavs/<split>)."""
     from tqdm import tqdm
 
-    wavs = [out / "wavs" / u.split / f"{u.name}.wav" for u in utts]
+    wavs = [(wav_dir or out / "wavs" / u.split) / f"{u.name}.wav" for u in utts]
     with ThreadPoolExecutor(jobs) as pool:
         durations = list(tqdm(pool.map(lambda uw: synthesize(*uw, max_seconds), zip(utts, wavs)),
                               total=len(utts), desc=utts[0].split if utts else "", unit="utt"))
@@ -440,7 +576,7 @@ def synthesize_split(utts: list[Utterance], out: Path, root: Path, jobs: int = 2
     for utt, wav, duration in zip(utts, wavs, durations):
         if duration is not None:
             rows.append({"audio_filepath": audio_path(wav, root), "text": utt.text, "duration": round(duration, 3),
-                         "voice": utt.voice, "speed": utt.speed, "pitch": utt.pitch})
+                         "voice": utt.voice, "speed": utt.speed, "pitch": utt.pitch, "spoken": utt.spoken})
     return rows
 
 
@@ -485,6 +621,12 @@ def run_speech(args: argparse.Namespace) -> None:
         raise ValueError(f"espeak-ng: voices {sorted(missing)} missing, or held-out {args.held_out_voice!r} "
                          f"not in --voices")
     sentences = {name: read_lines(out / "text" / f"{name}.txt") for name in ("lm", "valid", "test")}
+    for name, lines in sentences.items():  # a line espeak-ng would get digits of is an error naming it, up front
+        for n, line in enumerate(lines[:args.n_train] if name == "lm" else lines, 1):
+            try:
+                kk_numbers.verbalize(line)
+            except ValueError as e:
+                raise ValueError(f"{out / 'text' / f'{name}.txt'}:{n}: {e}") from None
     plans = plan_splits(sentences, args.n_train, args.held_out_voice, args.seed,
                         tuple(args.speed_range), tuple(args.pitch_range), args.voices)
     start = time.time()
@@ -503,6 +645,155 @@ def run_speech(args: argparse.Namespace) -> None:
     print(f"speech stage: {time.time() - start:.0f} s wall with {args.jobs} jobs")
 
 
+# ---------------------------------------------------------------------------------------------- stage: ood
+
+OOD_SENTENCES = Path(__file__).with_name("ood_sentences.txt")  # written for this test, see its header
+OOD_SPEEDS = [(95, 120), (200, 240)]  # words a minute, both sides of training's 130..190
+OOD_PITCHES = [(5, 25), (75, 95)]  # both sides of training's 30..70
+OOD_MAX_SECONDS = 20.0  # a test set: slow speech is long, and nothing is left out for it
+
+
+def read_ood_sentences(path: Path) -> tuple[list[str], list[str]]:
+    """(normalised sentences, one-line problems) of a sentence file: one a line, '#' comments, digits allowed."""
+    sentences, problems = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        text = normalize(unicodedata.normalize("NFC", line))
+        letters = set(text.replace(" ", "")) - set("0123456789")
+        try:
+            kk_numbers.verbalize(text)
+        except ValueError as e:
+            problems.append(f"{path}:{n}: {e}")
+            continue
+        if not letters <= KAZAKH_LETTERS:
+            problems.append(f"{path}:{n}: not Kazakh Cyrillic ({''.join(sorted(letters - KAZAKH_LETTERS))})")
+        elif text in sentences:
+            problems.append(f"{path}:{n}: the same sentence as an earlier line")
+        else:
+            sentences.append(text)
+    return sentences, problems
+
+
+def plan_ood(texts: list[str], voice: str, seed: int, speeds: list[tuple[int, int]] = OOD_SPEEDS,
+             pitches: list[tuple[int, int]] = OOD_PITCHES) -> list[Utterance]:
+    """The held-out voice at a speed and a pitch drawn from ranges training never used (seeded)."""
+    rng = random.Random(f"{seed}:ood")
+    return [Utterance("ood", i, text, voice, rng.randint(*rng.choice(speeds)), rng.randint(*rng.choice(pitches)))
+            for i, text in enumerate(texts)]
+
+
+def run_ood(args: argparse.Namespace) -> int:
+    """The ood stage -> the number of sentence lines that could not be used (each reported on stderr)."""
+    out = Path(args.out)
+    root = Path(args.root) if args.root else out
+    if args.held_out_voice not in available_voices():
+        raise ValueError(f"espeak-ng: no voice variant {args.held_out_voice!r}")
+    path = Path(args.sentences)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing")
+    sentences, problems = read_ood_sentences(path)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    start = time.time()
+    utts = plan_ood(sentences, args.held_out_voice, args.seed)
+    rows = synthesize_split(utts, out, root, args.jobs, args.max_seconds, wav_dir=out / "ood")
+    write_jsonl(out / "ood.jsonl", rows)
+    print(f"ood: {len(rows)} utterances ({len(utts) - len(rows)} over {args.max_seconds} s skipped), "
+          f"{sum(r['duration'] for r in rows) / 60:.1f} min, voice {args.held_out_voice} -> {out / 'ood.jsonl'} "
+          f"({time.time() - start:.0f} s)")
+    return len(problems)
+
+
+# ---------------------------------------------------------------------------------------------- stage: degraded
+
+TEL_RATE = 8000  # telephone: 8 kHz, band 300..3400 Hz (ITU-T G.712's voice band)
+DEGRADATIONS = {  # name -> what it is; manifests test_<name>.jsonl
+    "quiet": "-20 dB gain, float wav",
+    "loud": "+12 dB gain, float wav, not clipped",
+    "tel8k": "300-3400 Hz band-pass, resampled to 8 kHz, int16 wav at 8 kHz",
+    "noise10": "white Gaussian noise at 10 dB SNR (seeded per file), float wav",
+}
+
+
+def gain(x: np.ndarray, db: float) -> np.ndarray:
+    """x (T,) float -> x * 10^(db/20), float32, never clipped."""
+    return (x * 10 ** (db / 20)).astype(np.float32)
+
+
+def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """x (T,) + white Gaussian noise whose power is the whole file's power over 10^(snr/10), float32."""
+    power = float(np.mean(x.astype(np.float64) ** 2))
+    noise = rng.standard_normal(len(x)) * np.sqrt(power / 10 ** (snr_db / 10))
+    return (x + noise).astype(np.float32)
+
+
+def telephone(src: Path, dst: Path) -> None:
+    """sox: band-pass 300..3400 Hz, then resample to 8 kHz, int16, no dither (so a rebuild gives the same bytes)."""
+    subprocess.run(["sox", "-D", str(src), "-t", "wav", "-b", "16", "-e", "signed-integer", str(dst),
+                    "sinc", "300-3400", "rate", str(TEL_RATE)], capture_output=True, check=True)
+
+
+def degrade(src: Path, dst: Path, kind: str, seed: int) -> None:
+    """One degraded copy of src at dst (atomically); an existing dst is kept."""
+    if dst.exists():
+        return
+    with atomic_path(dst, suffix=".wav") as tmp:
+        if kind == "tel8k":
+            telephone(src, tmp)
+        else:
+            x, rate = sf.read(str(src), dtype="float32")
+            if kind == "quiet":
+                y = gain(x, -20)
+            elif kind == "loud":
+                y = gain(x, 12)
+            elif kind == "noise10":
+                key = hashlib.sha1(f"{seed}:{src.name}".encode()).hexdigest()[:16]  # the same noise on a rebuild
+                y = add_noise(x, 10, np.random.default_rng(int(key, 16)))
+            else:
+                raise ValueError(f"degrade: no degradation {kind!r}")
+            sf.write(str(tmp), y, rate, subtype="FLOAT", format="WAV")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """A manifest's rows; a missing file or a line that is not a JSON object with audio_filepath is an error."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run the `speech` stage first")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            row = False
+        if row is None:
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("audio_filepath"), str):
+            raise ValueError(f"{path}:{n}: not a manifest line (a JSON object with audio_filepath)")
+        rows.append(row)
+    return rows
+
+
+def run_degraded(args: argparse.Namespace) -> None:
+    """Four degraded copies of the test split: out/wavs/test_<kind>/ and out/test_<kind>.jsonl."""
+    out = Path(args.out)
+    root = Path(args.root) if args.root else out  # audio_filepath is relative to it, in and out
+    rows = read_jsonl(out / "test.jsonl")
+    start = time.time()
+    for kind in args.kinds:
+        out_rows = []
+        for row in rows:
+            src = Path(row["audio_filepath"])
+            src = src if src.is_absolute() else root / src
+            dst = out / "wavs" / f"test_{kind}" / src.name
+            degrade(src, dst, kind, args.seed)
+            info = sf.info(str(dst))
+            out_rows.append({**row, "audio_filepath": audio_path(dst, root),
+                             "duration": round(info.frames / info.samplerate, 3), "degradation": kind})
+        write_jsonl(out / f"test_{kind}.jsonl", out_rows)
+        print(f"test_{kind}: {len(out_rows)} files ({DEGRADATIONS[kind]}) -> {out / f'test_{kind}.jsonl'}")
+    print(f"degraded stage: {time.time() - start:.0f} s")
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
@@ -512,7 +803,12 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
 
 def add_text_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("text stage")
-    g.add_argument("--packages", nargs="+", default=PACKAGES, help="Debian packages to read kk translations from")
+    g.add_argument("--packages", nargs="+", default=None,
+                   help=f"Debian packages to read kk translations from (None: every one in data/{PACKAGES_FILE.name})")
+    g.add_argument("--n-numbers", type=int, default=3000,
+                   help="sentences with numbers, dates, times and ordinals made from data/kk_templates.py")
+    g.add_argument("--number-share", type=float, default=0.2,
+                   help="share of those sentences in test, valid and the first lines of lm (the training ones)")
     g.add_argument("--min-words", type=int, default=2, help="shortest segment kept, in words")
     g.add_argument("--max-words", type=int, default=12, help="longest segment kept, in words")
     g.add_argument("--n-valid", type=int, default=300, help="sentences held out for the valid split")
@@ -535,23 +831,56 @@ def add_speech_args(p: argparse.ArgumentParser) -> None:
                    help="audio_filepath in manifests is relative to this folder (default: the manifests' own folder)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def add_ood_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("ood stage")
+    g.add_argument("--sentences", default=str(OOD_SENTENCES), help="sentence file: one a line, '#' comments")
+    g.add_argument("--held-out-voice", default=HELD_OUT_VOICE, help="the voice variant (the test split's)")
+    g.add_argument("--max-seconds", type=float, default=OOD_MAX_SECONDS, help="skip utterances longer than this")
+    g.add_argument("--jobs", type=int, default=2, help="parallel espeak-ng/sox processes")
+    g.add_argument("--root", default=None,
+                   help="audio_filepath in manifests is relative to this folder (default: the manifests' own folder)")
+
+
+def add_degraded_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("degraded stage")
+    g.add_argument("--kinds", nargs="+", default=list(DEGRADATIONS), choices=list(DEGRADATIONS),
+                   help="; ".join(f"{k}: {v}" for k, v in DEGRADATIONS.items()))
+    g.add_argument("--root", default=None,
+                   help="audio_filepath in manifests is relative to this folder (default: the manifests' own folder)")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     stages = parser.add_subparsers(dest="stage", required=True)
     for name, help_, adders in [("text", "Debian kk translations -> clean normalised sentences", [add_text_args]),
                                 ("speech", "espeak-ng speech + manifests from the text stage", [add_speech_args]),
-                                ("all", "text, then speech", [add_text_args, add_speech_args])]:
+                                ("all", "text, then speech", [add_text_args, add_speech_args]),
+                                ("ood", "our own out-of-domain sentences, held-out voice, unseen speeds and pitches",
+                                 [add_ood_args]),
+                                ("degraded", "quiet, loud, 8 kHz telephone and noisy copies of the test split",
+                                 [add_degraded_args])]:
         p = stages.add_parser(name, help=help_, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         add_common_args(p)
         for add in adders:
             add(p)
     args = parser.parse_args(argv)
-    if args.stage in ("text", "all"):
-        run_text(args)
-    if args.stage in ("speech", "all"):
-        run_speech(args)
+    errors = 0
+    try:
+        if args.stage in ("text", "all"):
+            args.packages = args.packages or read_package_list()
+            errors += run_text(args)
+        if args.stage in ("speech", "all"):
+            run_speech(args)
+        if args.stage == "ood":
+            errors += run_ood(args)
+        if args.stage == "degraded":
+            run_degraded(args)
+    except (SourceError, FileNotFoundError, ValueError, sf.LibsndfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
