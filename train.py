@@ -192,22 +192,6 @@ def window_counts(window, device, ddp=False, world=1):
     return (counts / world).tolist()
 
 
-def forward_backward(objective, window, n_tokens, n_items, ctx=nullcontext(), ddp=False):
-    """Backward over one accumulation window of micro-batches; the gradients are those of the window's mean loss.
-    DDP synchronises gradients only on the last micro-batch. Returns summed statistics."""
-    stats = dict(loss=0.0, ce=0.0, ctc=0.0, utts=0)
-    for i, b in enumerate(window):
-        sync = nullcontext() if not ddp or i == len(window) - 1 else objective.no_sync()
-        with sync, ctx:
-            loss, s = objective(b["mel"], b["mel_lengths"], b["tokens"], b["token_lengths"], n_tokens, n_items)
-        loss.backward()
-        stats["loss"] += loss.item()
-        for k in s:
-            stats[k] += s[k]
-        stats["utts"] += b["size"]
-    return stats
-
-
 def get_lr(step, cfg: TrainConfig, max_steps):
     """Linear warm-up over the first `warmup` of the steps, then linear decay to 0 (as the original's scheduler)."""
     warm = int(cfg.warmup * max_steps)
@@ -567,9 +551,22 @@ def validate(objective, loader, cfg, device, ctx, tokenizer, n_wer):
 # ---------------------------------------------------------------------------------------------------------------
 # the loop
 
-def train(cfg: TrainConfig):
-    check_config(cfg)
-    # processes: torchrun sets RANK/WORLD_SIZE; one process otherwise
+@dataclass
+class Processes:
+    """Where this process trains: torchrun sets RANK/WORLD_SIZE for DistributedDataParallel; one process otherwise."""
+    ddp: bool
+    rank: int
+    world: int
+    device: str
+    ctx: object  # autocast(bfloat16) on CUDA by default, else a no-op context
+
+    @property
+    def master(self) -> bool:  # rank 0 logs, validates and writes checkpoints
+        return self.rank == 0
+
+
+def start_processes(cfg: TrainConfig) -> Processes:
+    """The process group (NCCL on GPUs, gloo on CPUs), this process's device and autocast, every RNG seeded."""
     ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     rank, world = 0, 1
@@ -579,122 +576,185 @@ def train(cfg: TrainConfig):
         if device == "cuda":
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
             torch.cuda.set_device(device)
-    master = rank == 0
     dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
              "bfloat16": torch.bfloat16, "float32": torch.float32}[cfg.dtype]
     ctx = torch.autocast(device.split(":")[0], dtype=dtype) if dtype != torch.float32 else nullcontext()
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    return Processes(ddp, rank, world, device, ctx)
 
-    # data and model
-    tokenizer = Tokenizer.load(cfg.tokenizer)
-    model = build_model(cfg, tokenizer).to(device)  # first: the features are the model's (n_mels)
+
+def open_data(cfg: TrainConfig, tokenizer, n_mels: int, out: Path, proc: Processes):
+    """The training and validation sets (features of the model's n_mels), unreadable rows dropped; --out is taken
+    (locked, and what a killed run left there cleaned up) first."""
     audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None,
-                 n_mels=model.encoder.cfg.n_mels)
+                 n_mels=n_mels)
     wave_augment = AugmentConfig(p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise, p_telephone=cfg.aug_telephone,
                                  p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb,
                              spec_time_fraction=cfg.spec_time_fraction,
                              wave_augment=wave_augment if wave_augment.enabled() else None, **audio)
     valid_set = open_dataset(cfg.valid, tokenizer, augment=False, **audio) if cfg.valid else None
-    out = Path(cfg.out)
-    if master:
+    if proc.master:
         out.mkdir(parents=True, exist_ok=True)
         lock_out(out)
         remove_stale_temporaries(out)  # only now: the lock says no other run is writing them
-    drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out, master)
+    drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out,
+                    proc.master)
     if valid_set is not None and not len(valid_set):
         raise ValueError(f"{cfg.valid}: nothing to validate on" + skipped_note(valid_set))
-    loader, sampler = make_loader(train_set, cfg, rank, world)
+    return train_set, valid_set
+
+
+def all_finite(loss: float, grad_norm, proc: Processes) -> bool:
+    """Whether this step's loss and gradients are finite in every process (all skip a bad step together)."""
+    finite = torch.tensor(float(math.isfinite(loss) and torch.isfinite(grad_norm)), device=proc.device)
+    if proc.ddp:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+class Progress:
+    """Everything around the optimisation of one step: the bar and log.jsonl, validation and best/, checkpoints, the
+    count of non-finite steps skipped in a row. Only the master process writes."""
+
+    def __init__(self, cfg: TrainConfig, proc: Processes, out: Path, run: dict, start_step: int):
+        self.cfg, self.proc, self.out, self.run = cfg, proc, out, run  # run: model, objective, optimizer, ...
+        self.log = Log(out / "log.jsonl") if proc.master else None
+        # the bar on stdout, with the log lines: stderr carries only an error, one line
+        self.bar = tqdm(total=run["max_steps"], initial=start_step, disable=not proc.master, dynamic_ncols=True,
+                        file=sys.stdout)
+        self.bad_in_a_row, self.bad_rows, self.t0, self.utts = 0, 0, time.time(), 0
+        self.eval_every = cfg.eval_every or run["steps_per_epoch"]
+
+    def skipped(self, step: int):
+        """A non-finite step was not applied; too many in a row end the run (the last checkpoint is good)."""
+        self.bad_in_a_row += 1
+        if self.proc.master:
+            tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({self.bad_in_a_row} in a row)")
+        if self.bad_in_a_row >= self.cfg.max_bad_steps:
+            raise SystemExit(f"error: {self.bad_in_a_row} non-finite steps in a row; last good checkpoint in "
+                             f"{self.out}")
+
+    def after_step(self, step: int, lr: float, stats: dict, grad_norm, n_tokens: float, n_items: float):
+        cfg, run, max_steps = self.cfg, self.run, self.run["max_steps"]
+        self.utts += stats["utts"]
+        if self.proc.master:
+            rec = dict(step=step, epoch=run["pos"]["epoch"], lr=lr, loss=stats["loss"],
+                       ce=stats["ce"] / max(1, n_tokens), ctc=stats["ctc"] / max(1, n_items),
+                       grad_norm=float(grad_norm), utt_per_s=self.utts / (time.time() - self.t0),
+                       bad_rows=self.bad_rows)
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", ce=f"{rec['ce']:.3f}", ctc=f"{rec['ctc']:.3f}",
+                                 lr=f"{lr:.2e}", utt_s=f"{rec['utt_per_s']:.1f}")
+            self.bar.update(1)
+            if step % cfg.log_every == 0 or step == max_steps:
+                self.write(rec)
+        if (step % self.eval_every == 0 or step == max_steps) and self.proc.master and run["valid_set"]:
+            self.validate(step)
+        if self.proc.master and (step % cfg.save_every == 0 or step == run["end"]):
+            save_checkpoint(self.out / f"checkpoint-{step}", run["model"], run["optimizer"], step, run["pos"], cfg,
+                            extra=dict(best=run["best"]))
+            prune_checkpoints(self.out, cfg.keep)
+        if self.proc.ddp:
+            dist.barrier()
+
+    def validate(self, step: int):
+        """Validation loss and greedy WER; a new best is saved as best/."""
+        run, cfg = self.run, self.cfg
+        loader, _ = make_loader(run["valid_set"], cfg, 0, 1, shuffle=False)
+        objective = run["objective"].module if self.proc.ddp else run["objective"]
+        v = validate(objective, loader, cfg, self.proc.device, self.proc.ctx, run["tokenizer"], cfg.eval_wer)
+        tqdm.write(f"step {step}: " + " ".join(f"{k} {x:.4f}" for k, x in v.items()))
+        self.write(dict(step=step, **v))
+        if v["valid_loss"] < run["best"]:
+            run["best"] = v["valid_loss"]
+            save_model(run["model"], self.out / "best", tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                       extra_config=dict(stage=cfg.stage, step=step, **v))
+
+    def write(self, rec: dict):
+        self.log.write(json.dumps(rec) + "\n")
+        self.log.flush()
+
+    def close(self, step: int):
+        self.bar.close()
+        if self.proc.master:
+            release_out(self.out)
+            print(f"done: {step} steps, {self.bad_rows} bad rows skipped, checkpoints in {self.out}")
+        if self.proc.ddp:
+            dist.destroy_process_group()
+
+
+def start_run(cfg: TrainConfig, proc: Processes) -> dict:
+    """Model, data, objective, optimiser and schedule; the step, data position and best loss to start from."""
+    tokenizer = Tokenizer.load(cfg.tokenizer)
+    model = build_model(cfg, tokenizer).to(proc.device)  # first: the features are the model's (n_mels)
+    out = Path(cfg.out)
+    train_set, valid_set = open_data(cfg, tokenizer, model.encoder.cfg.n_mels, out, proc)
+    loader, sampler = make_loader(train_set, cfg, proc.rank, proc.world)
     steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    check_plan(cfg, train_set, len(sampler.batches()), world, max_steps)
+    check_plan(cfg, train_set, len(sampler.batches()), proc.world, max_steps)
     model.train()
     objective = Objective(model, cfg, tokenizer.eos_id)
-    if ddp:
-        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device] if "cuda" in device else None)
+    if proc.ddp:
+        devices = [proc.device] if "cuda" in proc.device else None
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=devices)
     optimizer = make_optimizer(model, cfg)
-    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
+    end = min(max_steps, cfg.stop_at) if cfg.stop_at else max_steps
     step, pos, best = 0, dict(epoch=0, batch=0), float("inf")
-    state = resume(out, cfg, model, optimizer, master) if cfg.resume else None
+    state = resume(out, cfg, model, optimizer, proc.master) if cfg.resume else None
     if state:
         step, pos, best = state["step"], state["pos"], state.get("best", best)
-        if step >= (min(max_steps, cfg.stop_at) if cfg.stop_at else max_steps):
+        if step >= end:
             raise ValueError(f"{out}: the run is at step {step} already; raise --max-steps or --stop-at to go on")
-    if master:
+    if proc.master:
+        n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
               f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
-              f"{max_steps} steps, device {device}")
-    log = Log(out / "log.jsonl") if master else None
-    data = batches_forever(loader, sampler, train_set, pos)
-    # the bar on stdout, with the log lines: stderr carries only an error, one line
-    bar = tqdm(total=max_steps, initial=step, disable=not master, dynamic_ncols=True, file=sys.stdout)
-    bad_in_a_row, n_bad_rows, t0, utts = 0, 0, time.time(), 0
-    eval_every = cfg.eval_every or steps_per_epoch
+              f"{max_steps} steps, device {proc.device}")
+    return dict(tokenizer=tokenizer, model=model, objective=objective, optimizer=optimizer, out=out, step=step,
+                pos=pos, best=best, end=end, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+                valid_set=valid_set, data=batches_forever(loader, sampler, train_set, pos))
 
-    end = min(max_steps, cfg.stop_at) if cfg.stop_at else max_steps
-    while step < end:
-        lr = get_lr(step, cfg, max_steps)
+
+def train(cfg: TrainConfig):
+    """The whole run. Each iteration is one optimiser step over cfg.grad_accum micro-batches: forward, backward
+    (the gradients add up), clip, step (skipped when anything is non-finite), then logging and checkpoints."""
+    check_config(cfg)
+    proc = start_processes(cfg)
+    run = start_run(cfg, proc)
+    model, objective, optimizer, data, step = run["model"], run["objective"], run["optimizer"], run["data"], run["step"]
+    progress = Progress(cfg, proc, run["out"], run, step)
+    while step < run["end"]:
+        lr = get_lr(step, cfg, run["max_steps"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # one optimiser step: grad_accum micro-batches, normalised by the whole window's tokens and utterances
-        window = [to_device(next(data), device) for _ in range(cfg.grad_accum)]
-        n_bad_rows += sum(b["n_bad"] for b in window)
+        window = [to_device(next(data), proc.device) for _ in range(cfg.grad_accum)]
+        progress.bad_rows += sum(b["n_bad"] for b in window)
         window = [b for b in window if b["size"]]
-        n_tokens, n_items = window_counts(window, device, ddp, world)
-        stats = forward_backward(objective, window, n_tokens, n_items, ctx, ddp)
-        utts += stats["utts"]
+        # each micro-batch's loss is its share of the whole window's mean (tokens for CE, utterances for CTC)
+        n_tokens, n_items = window_counts(window, proc.device, proc.ddp, proc.world)
+        stats = dict(loss=0.0, ce=0.0, ctc=0.0, utts=0)
+        for i, b in enumerate(window):
+            # DDP averages gradients over processes in a backward: only the window's last one needs to
+            sync = nullcontext() if not proc.ddp or i == len(window) - 1 else objective.no_sync()
+            with sync, proc.ctx:
+                loss, s = objective(b["mel"], b["mel_lengths"], b["tokens"], b["token_lengths"], n_tokens, n_items)
+            loss.backward()
+            stats["loss"], stats["utts"] = stats["loss"] + loss.item(), stats["utts"] + b["size"]
+            for k, v in s.items():  # summed CE and CTC, for the log
+                stats[k] += v
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        finite = torch.tensor(float(math.isfinite(stats["loss"]) and torch.isfinite(grad_norm)), device=device)
-        if ddp:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() and window:
+        if all_finite(stats["loss"], grad_norm, proc) and window:  # every process takes part in the check
             optimizer.step()
-            bad_in_a_row = 0
+            progress.bad_in_a_row = 0
         else:
-            bad_in_a_row += 1
-            if master:
-                tqdm.write(f"step {step}: non-finite loss or gradient, update skipped ({bad_in_a_row} in a row)")
-            if bad_in_a_row >= cfg.max_bad_steps:
-                raise SystemExit(f"error: {bad_in_a_row} non-finite steps in a row; last good checkpoint in {out}")
+            progress.skipped(step)
         optimizer.zero_grad(set_to_none=True)
         step += 1
-
-        if master:
-            rec = dict(step=step, epoch=pos["epoch"], lr=lr, loss=stats["loss"],
-                       ce=stats["ce"] / max(1, n_tokens), ctc=stats["ctc"] / max(1, n_items),
-                       grad_norm=float(grad_norm), utt_per_s=utts / (time.time() - t0), bad_rows=n_bad_rows)
-            bar.set_postfix(loss=f"{rec['loss']:.3f}", ce=f"{rec['ce']:.3f}", ctc=f"{rec['ctc']:.3f}",
-                            lr=f"{lr:.2e}", utt_s=f"{rec['utt_per_s']:.1f}")
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == max_steps:
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-        if step % eval_every == 0 or step == max_steps:
-            if master and valid_set is not None:
-                vloader, _ = make_loader(valid_set, cfg, 0, 1, shuffle=False)
-                v = validate(objective if not ddp else objective.module, vloader, cfg, device, ctx, tokenizer,
-                             cfg.eval_wer)
-                tqdm.write(f"step {step}: " + " ".join(f"{k} {x:.4f}" for k, x in v.items()))
-                log.write(json.dumps(dict(step=step, **v)) + "\n")
-                log.flush()
-                if v["valid_loss"] < best:
-                    best = v["valid_loss"]
-                    save_model(model, out / "best", tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
-                               extra_config=dict(stage=cfg.stage, step=step, **v))
-        if master and (step % cfg.save_every == 0 or step == end):
-            save_checkpoint(out / f"checkpoint-{step}", model, optimizer, step, pos, cfg, extra=dict(best=best))
-            prune_checkpoints(out, cfg.keep)
-        if ddp:
-            dist.barrier()
-    bar.close()
-    if master:
-        release_out(out)
-        print(f"done: {step} steps, {n_bad_rows} bad rows skipped, checkpoints in {out}")
-    if ddp:
-        dist.destroy_process_group()
+        progress.after_step(step, lr, stats, grad_norm, n_tokens, n_items)
+    progress.close(step)
     return model
 
 

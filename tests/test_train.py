@@ -76,22 +76,32 @@ def test_ctc_then_e2e_overfit_and_the_decoder_stays_frozen(setup, tmp_path):
     assert not torch.equal(model.llm.new_rows, base.tok_embeddings.weight.mean(0).expand(30, -1))
 
 
-def window_grads(setup, batches):
-    cfg = config(setup, "unused", stage="e2e")
-    tok = Tokenizer.load(cfg.tokenizer)
-    model = T.build_model(cfg, tok)
-    obj = T.Objective(model, cfg, tok.eos_id)
-    n_tokens, n_items = T.window_counts(batches, "cpu")
-    T.forward_backward(obj, batches, n_tokens, n_items)
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+def first_step_grads(cfg):
+    """The gradients train() hands its optimiser at the first step (clipping off): the real loop, accumulation and
+    all. A plain function, not monkeypatch: DDP workers use it too."""
+    grads, real = {}, T.make_optimizer
+
+    def recording(model, c):
+        opt = real(model, c)
+        step = opt.step
+
+        def record(*a, **k):
+            if not grads:
+                grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return step(*a, **k)
+        opt.step = record
+        return opt
+    T.make_optimizer = recording
+    try:
+        T.train(replace(cfg, max_steps=1, clip=1e9))
+    finally:
+        T.make_optimizer = real
+    return grads
 
 
-def test_accumulation_2x2_equals_batch_4(setup):
-    cfg = config(setup, "unused")
-    ds = open_dataset(cfg.train, Tokenizer.load(cfg.tokenizer))
-    items = [ds[i] for i in range(4)]
-    one = window_grads(setup, [collate(items)])
-    two = window_grads(setup, [collate(items[:2]), collate(items[2:])])
+def test_accumulation_2x2_equals_batch_4(setup, tmp_path):
+    one = first_step_grads(config(setup, tmp_path / "one", stage="e2e", batch_size=4, grad_accum=1))
+    two = first_step_grads(config(setup, tmp_path / "two", stage="e2e", batch_size=2, grad_accum=2))
     assert set(one) == set(two) and "llm.new_rows" in one
     for n in one:
         torch.testing.assert_close(one[n], two[n], atol=1e-6, rtol=1e-4, msg=n)
@@ -110,28 +120,24 @@ def test_resume_is_exact(setup, tmp_path):
         assert torch.equal(p, q), n
 
 
-def _ddp_worker(rank, world, setup, init_file, out):
-    import torch.distributed as dist
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    cfg = config(setup, "unused", stage="e2e")
-    tok = Tokenizer.load(cfg.tokenizer)
-    model = T.build_model(cfg, tok)
-    obj = torch.nn.parallel.DistributedDataParallel(T.Objective(model, cfg, tok.eos_id))
-    ds = open_dataset(cfg.train, tok)
-    batch = [collate([ds[2 * rank], ds[2 * rank + 1]])]  # each process: its own half of the batch
-    n_tokens, n_items = T.window_counts(batch, "cpu", ddp=True, world=world)
-    T.forward_backward(obj, batch, n_tokens, n_items, ddp=True)
+def _ddp_worker(rank, world, setup, port, out, grads_file):
+    """One process of a torchrun-like launch: train() reads RANK/WORLD_SIZE and joins the gloo group itself."""
+    import os
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    grads = first_step_grads(config(setup, out, stage="e2e", batch_size=2, grad_accum=1))  # each: half the data
     if rank == 0:
-        torch.save({n: p.grad for n, p in model.named_parameters() if p.requires_grad}, out)
-    dist.destroy_process_group()
+        torch.save(grads, grads_file)
 
 
 def test_ddp_two_processes_equal_one_process_with_twice_the_batch(setup, tmp_path):
-    cfg = config(setup, "unused")
-    ds = open_dataset(cfg.train, Tokenizer.load(cfg.tokenizer))
-    single = window_grads(setup, [collate([ds[i] for i in range(4)])])
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, setup, tmp_path / "init", tmp_path / "g.pt"), nprocs=2)
+    import socket
+    single = first_step_grads(config(setup, tmp_path / "one", stage="e2e", batch_size=4, grad_accum=1))
+    with socket.socket() as sock:  # a free port for the process group
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, setup, port, tmp_path / "ddp", tmp_path / "g.pt"), nprocs=2)
     ddp = torch.load(tmp_path / "g.pt", weights_only=True)
+    assert set(ddp) == set(single)
     for n in single:
         torch.testing.assert_close(ddp[n], single[n], atol=1e-6, rtol=1e-4, msg=n)
 
