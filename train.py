@@ -140,6 +140,7 @@ class Objective(nn.Module):
     def __init__(self, model: ASRModel, cfg: TrainConfig, eos_id: int):
         super().__init__()
         self.model, self.cfg, self.eos_id = model, cfg, eos_id
+        self.ctc_weight = cfg.ctc_loss_weight  # w in (1 - w) CE + w CTC; a schedule would set it before each step
 
     def forward(self, mel, mel_lengths, tokens, token_lengths, n_tokens, n_items):
         """
@@ -155,7 +156,7 @@ class Objective(nn.Module):
             return ctc / n_items, stats
         ce = ce_loss(out.logits, ce_targets(tokens, token_lengths, self.eos_id), cfg.label_smoothing)
         stats["ce"] = ce.item()
-        w = cfg.ctc_loss_weight
+        w = self.ctc_weight
         return (1 - w) * ce / n_tokens + w * ctc / n_items, stats
 
 

@@ -2,7 +2,7 @@
 import torch
 
 from mel import batch_log_mel
-from model import predicting_positions, prompt_key_mask, text_positions
+from model import decoder_prompt, predicting_positions, prompt_key_mask, text_positions
 
 from helpers import wave  # the `tiny` model folder is conftest.py's fixture
 
@@ -15,6 +15,13 @@ def test_prompt_functions_on_hand_checked_cases():
     assert text_positions(None, 3, 2, batch=2).tolist() == [[3, 4], [3, 4]]  # the original: after the padding
     assert predicting_positions(lengths, 3, 2).tolist() == [[2, 3, 4], [0, 3, 4]]
     assert predicting_positions(None, 3, 2, batch=2).tolist() == [[2, 3, 4], [2, 3, 4]]
+
+
+def test_the_release_prompt_is_the_audio_alone(tiny):
+    """recipe §4: no BOS, no instruction, no separator. (A model with another prompt fails here, and only here.)"""
+    audio, lengths = torch.randn(2, 5, tiny.llm.config.dim), torch.tensor([5, 3])
+    prompt, prompt_lengths = decoder_prompt(tiny.llm, audio, lengths)
+    assert prompt is audio and prompt_lengths is lengths
 
 
 @torch.no_grad()
@@ -31,8 +38,9 @@ def test_forward_on_a_padded_batch_equals_each_item_alone(tiny):
         enc, audio, _ = tiny.model.encode(mel[b:b + 1, :, : int(mel_lengths[b])])
         n, L = audio.shape[1], int(token_lengths[b])
         assert int(out.enc_lengths[b]) == n
-        x = torch.cat([audio, tiny.llm.embed(tokens[b:b + 1, :L])], dim=1)
-        want = tiny.llm.logits(tiny.llm(x))[0, n - 1:]  # (L+1, V): the last audio frame, then each token
+        prompt = decoder_prompt(tiny.llm, audio, None)[0]  # (1, P, d): this utterance's alone, unpadded
+        x = torch.cat([prompt, tiny.llm.embed(tokens[b:b + 1, :L])], dim=1)
+        want = tiny.llm.logits(tiny.llm(x))[0, prompt.shape[1] - 1:]  # (L+1, V): the last prompt slot, each token
         torch.testing.assert_close(out.logits[b, : L + 1], want, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(out.ctc_log_probs[b, :n], tiny.model.ctc_log_probs(enc)[0], atol=1e-5, rtol=1e-5)
 
@@ -44,9 +52,10 @@ def test_forward_without_text_or_masks(tiny):
     assert out.logits is None and out.enc_lengths.tolist() == [26, 13]
     unmasked = tiny.model(mel, None, torch.ones(2, 3, dtype=torch.long))  # the original: every item 26 frames
     assert unmasked.enc_lengths.tolist() == [26, 26]
-    _, audio, _ = tiny.model.encode(mel)
-    x = torch.cat([audio, tiny.llm.embed(torch.ones(2, 3, dtype=torch.long))], dim=1)
-    torch.testing.assert_close(unmasked.logits, tiny.llm.logits(tiny.llm(x))[:, 25:], atol=1e-4, rtol=1e-4)
+    prompt = decoder_prompt(tiny.llm, tiny.model.encode(mel)[1], None)[0]  # (2, P, d), P after the padding
+    x = torch.cat([prompt, tiny.llm.embed(torch.ones(2, 3, dtype=torch.long))], dim=1)
+    want = tiny.llm.logits(tiny.llm(x))[:, prompt.shape[1] - 1:]
+    torch.testing.assert_close(unmasked.logits, want, atol=1e-4, rtol=1e-4)
 
 
 def test_the_front_end_computes_the_models_own_number_of_mel_bands(tiny):
