@@ -227,11 +227,12 @@ def test_listen_pairs_each_text_with_another_utterances_audio(setup):
     tokenizer = Tokenizer.load(tok)
     model = T.build_model(config(setup, root / "unused", stage="e2e"), tokenizer).eval()
     rows = read_manifest(root / "train.jsonl")
-    data = SpeechDataset(rows, tokenizer)
+    data = SpeechDataset(rows, tokenizer, n_mels=model.encoder.cfg.n_mels)  # the model's features
     r = listen(model, torch.utils.data.DataLoader(data, batch_size=3, collate_fn=collate), 0)
     assert r["utterances"] == len(rows) == 4  # a lone last item is joined to the batch before it, not dropped
     assert all(math.isfinite(r[k]) for k in ("own", "shuffled", "none")) and r["gap"] == r["shuffled"] - r["own"]
     assert abs(r["shuffled"] - r["own"]) > 1e-4  # different audio, different CE
-    same = SpeechDataset([dict(r, audio_filepath=rows[0]["audio_filepath"]) for r in rows], tokenizer)
+    same = SpeechDataset([dict(r, audio_filepath=rows[0]["audio_filepath"]) for r in rows], tokenizer,
+                         n_mels=model.encoder.cfg.n_mels)
     r = listen(model, torch.utils.data.DataLoader(same, batch_size=4, collate_fn=collate), 0)
     assert abs(r["shuffled"] - r["own"]) < 1e-5  # every item's audio the same: shuffling changes nothing
