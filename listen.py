@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     try:
         model = load_model(args.model, decoder=args.decoder)
         tokenizer = Tokenizer.load(str(tokenizer_path(args.model)))
-        data = SpeechDataset(read_manifest(args.manifest), tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels)
+        data = SpeechDataset(read_manifest(args.manifest), tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels,
+                             level_dbfs=model.level_dbfs)  # the model's own front end, as decode.py
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate)
         r = listen(model, loader, tokenizer.eos_id, max_utts=args.max_utts)
     except (ValueError, OSError) as e:

@@ -57,3 +57,37 @@ def test_readme_first_command_runs_from_a_fresh_process():
     assert out.returncode == 0, out.stderr
     ref = references()["sample1.wav"]
     assert char_stats(ref, out.stdout.strip()).errors / len(ref) <= 0.25, out.stdout
+
+
+def test_quiet_and_loud_copies_decode_as_the_original(tmp_path, capsys):
+    """The shipped folder's front end scales every file to level_dbfs before the log-mel: -20 dB and +12 dB copies
+    (float, unclipped) of a sample get the original's transcript. Without it both came out as noise words."""
+    import soundfile as sf
+
+    torch.set_num_threads(1)
+    wav, sr = sf.read(SAMPLES / "sample1.wav", dtype="float32")
+    paths = [str(SAMPLES / "sample1.wav")]
+    for db in (-20, 12):
+        paths.append(str(tmp_path / f"gain{db}.wav"))
+        sf.write(paths[-1], wav * 10 ** (db / 20), sr, subtype="FLOAT")
+    assert main(paths) == 0
+    texts = [line.split("\t", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert len(texts) == 3 and texts[1] == texts[0] and texts[2] == texts[0]
+
+
+def test_the_decoder_reads_the_shipped_samples_audio():
+    """listen.py on the three samples: the references are more likely after their own audio than another's.
+    (The margin is small: the README's listen section says why.)"""
+    from dataset import SpeechDataset, collate
+    from listen import listen
+    from model import load_model, tokenizer_path
+    from tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    refs = {n: t for n, t in references().items() if n.startswith("sample")}
+    rows = [dict(audio_filepath=str(SAMPLES / n), text=t) for n, t in refs.items()]
+    model = load_model(DEFAULT_MODEL)
+    tok = Tokenizer.load(str(tokenizer_path(DEFAULT_MODEL)))
+    data = SpeechDataset(rows, tok, level_dbfs=model.level_dbfs)
+    r = listen(model, torch.utils.data.DataLoader(data, batch_size=8, collate_fn=collate), tok.eos_id)
+    assert r["utterances"] == 3 and r["own"] < r["shuffled"] - 0.05, r
