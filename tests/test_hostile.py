@@ -1,0 +1,44 @@
+"""Hostile input beyond test_robustness.py's cases: a FIFO or a device in a training manifest, model folders whose
+config claims sizes its weights do not have, release checkpoints with tensors of the wrong rank, and others.
+
+Where a hang, a traceback or an exit status is the point the program runs in a subprocess with a timeout; the rest
+call the functions in this process. The model is conftest's `tiny`.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def python(code: str, timeout=60):
+    """`python -c code` in the repo root: (exit status, stdout, stderr); a hang fails the test at `timeout`."""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return r.returncode, r.stdout, r.stderr
+
+
+# --------------------------------------------------------------------------------------------------------------
+# training's manifest check opens what decoding opens
+
+def test_a_fifo_or_device_in_a_training_manifest_is_an_unreadable_row_not_a_hang(tmp_path):
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)  # sf.info on it waits for a writer: forever
+    sf.write(tmp_path / "ok.wav", np.zeros(8000, np.float32), 16000)
+    bad_rate = tmp_path / "rate3.wav"  # a header the decoder refuses is refused here too, not at step N
+    sf.write(bad_rate, np.zeros(8000, np.float32), 16000)
+    b = bytearray(bad_rate.read_bytes())
+    b[24:28] = (3).to_bytes(4, "little")
+    bad_rate.write_bytes(bytes(b))
+    code = ("import dataset; "
+            f"print([dataset.audio_problem(p) for p in ({str(fifo)!r}, '/dev/zero', {str(bad_rate)!r}, "
+            f"{str(tmp_path / 'ok.wav')!r})])")
+    rc, out, err = python(code)
+    assert rc == 0, err
+    fifo_p, dev_p, rate_p, ok_p = eval(out)
+    assert fifo_p == ("is a FIFO, not a regular file", None) and dev_p == ("is a device, not a regular file", None)
+    assert "3 Hz is outside" in rate_p[0] and ok_p == (None, 0.5)
