@@ -4,12 +4,16 @@ config claims sizes its weights do not have, release checkpoints with tensors of
 Where a hang, a traceback or an exit status is the point the program runs in a subprocess with a timeout; the rest
 call the functions in this process. The model is conftest's `tiny`.
 """
+import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +46,41 @@ def test_a_fifo_or_device_in_a_training_manifest_is_an_unreadable_row_not_a_hang
     fifo_p, dev_p, rate_p, ok_p = eval(out)
     assert fifo_p == ("is a FIFO, not a regular file", None) and dev_p == ("is a device, not a regular file", None)
     assert "3 Hz is outside" in rate_p[0] and ok_p == (None, 0.5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# a model folder's config.json is checked against its weights before anything of the config's size is allocated
+
+MEMORY_CAP = 3 << 30
+
+
+def decode_capped(*args, timeout=120):
+    """decode.py in a subprocess under a 3 GB address-space cap: (exit status, stdout, stderr)."""
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))  # noqa: E731
+    r = subprocess.run([sys.executable, str(ROOT / "decode.py"), *map(str, args)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit)
+    return r.returncode, r.stdout, r.stderr
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+CONFIG_LIES = [  # (edit of config.json, what the one line must say): each claims GBs the 0.2 MB weights lack
+    (lambda c: c["encoder"].update(dim=1 << 16, n_heads=2), "ctc_head.weight (320, 64) != (320, 65536)"),
+    (lambda c: c.update(vocab_size=1 << 24), "ctc_head.weight (320, 64) != (16777216, 64)"),
+    (lambda c: c["encoder"].update(n_layers=10**6), "encoder.n_layers is 1000000, more than 1024"),
+    (lambda c: c.update(vocab_size=10**12), "vocab_size 1000000000000 is not in 1..16777216"),
+]
+
+
+@pytest.mark.parametrize("edit,says", CONFIG_LIES, ids=["width", "vocab", "layers", "vocab-beyond-limit"])
+def test_a_config_claiming_sizes_its_weights_lack_is_one_line_in_bounded_memory(tiny, tmp_path, edit, says):
+    folder = shutil.copytree(tiny.folder, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    rc, out, err = decode_capped("--model", folder, "--mode", "ctc", tmp_path / "a.wav")
+    assert rc == 2 and out == "" and says in one_line(err) and str(folder) in err, err
