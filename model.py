@@ -146,15 +146,24 @@ class ASRModel(nn.Module):
 
 def infer_encoder_config(sd: dict, path) -> EncoderConfig:
     """Encoder dimensions from the release's tensor shapes (recipe §8)."""
-    try:
-        dim, n_mels, _ = sd["encoder.conv_stack.0.weight"].shape
-        n_convs = len([k for k in sd if re.fullmatch(r"encoder\.conv_stack\.\d+\.weight", k)])
-        n_layers = len([k for k in sd if re.fullmatch(r"encoder\.layers\.\d+\.norm1\.weight", k)])
-    except KeyError as e:
-        raise ValueError(f"{path}: not a SozKZ OmniAudio checkpoint (no tensor {e.args[0]})") from None
+    dim, n_mels, _ = release_shape(sd, "encoder.conv_stack.0.weight", 3, path)
+    n_convs = len([k for k in sd if re.fullmatch(r"encoder\.conv_stack\.\d+\.weight", k)])
+    n_layers = len([k for k in sd if re.fullmatch(r"encoder\.layers\.\d+\.norm1\.weight", k)])
     if dim % RELEASE_HEAD_DIM:
         raise ValueError(f"{path}: encoder width {dim} is not a multiple of the release's head size 64")
-    return EncoderConfig(n_mels=n_mels, dim=dim, n_heads=dim // RELEASE_HEAD_DIM, n_layers=n_layers, n_convs=n_convs)
+    # a model folder's checks (bands the front end can compute, heads dividing the width, sizes bounded)
+    return encoder_config(dict(n_mels=n_mels, dim=dim, n_heads=dim // RELEASE_HEAD_DIM, n_layers=n_layers,
+                               n_convs=n_convs), path)
+
+
+def release_shape(sd: dict, name: str, ndim: int, path) -> tuple:
+    """The shape of sd[name], which the release's sizes are read from: ValueError naming the file when the tensor
+    is missing or not of `ndim` dimensions (a scalar ctc_head.weight cannot say how many ids there are)."""
+    if name not in sd:
+        raise ValueError(f"{path}: not a SozKZ OmniAudio checkpoint (no tensor {name})")
+    if sd[name].dim() != ndim:
+        raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)}, expected {ndim} dimensions")
+    return tuple(sd[name].shape)
 
 
 def check_state_dict(want: dict, sd: dict, path):
@@ -183,14 +192,14 @@ def load_release(checkpoint, decoder_dir, tokenizer_vocab: int | None = None, dt
         raise ValueError(f"{checkpoint}: expected a dict of tensors (recipe §8)")
     check_finite(sd, checkpoint)
     enc_cfg = infer_encoder_config(sd, checkpoint)
-    vocab = sd["ctc_head.weight"].shape[0] if "ctc_head.weight" in sd else None
-    if vocab is None:
+    if "ctc_head.weight" not in sd:
         raise ValueError(f"{checkpoint}: no ctc_head.weight, cannot tell the vocabulary size")
+    vocab = release_shape(sd, "ctc_head.weight", 2, checkpoint)[0]
     if tokenizer_vocab is not None and vocab != tokenizer_vocab:
         raise ValueError(f"{checkpoint}: has {vocab} output ids but the tokenizer has {tokenizer_vocab}"
                          + (" (one of the older 50257-id checkpoints, not checkpoint-92000)" if vocab == 50257 else ""))
     llm = load_llama(decoder_dir, dtype=dtype, device="cpu")
-    width = sd["projector.linear.weight"].shape[0] if "projector.linear.weight" in sd else None
+    width = release_shape(sd, "projector.linear.weight", 2, checkpoint)[0] if "projector.linear.weight" in sd else None
     if width != llm.config.dim:
         raise ValueError(f"{checkpoint}: projector outputs {width} but the decoder in {decoder_dir} is {llm.config.dim} wide")
     if vocab > llm.vocab_size:

@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+
+import decode
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,3 +87,27 @@ def test_a_config_claiming_sizes_its_weights_lack_is_one_line_in_bounded_memory(
     sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
     rc, out, err = decode_capped("--model", folder, "--mode", "ctc", tmp_path / "a.wav")
     assert rc == 2 and out == "" and says in one_line(err) and str(folder) in err, err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the released checkpoint's sizes are read from tensors of the right rank, and checked as a folder's config is
+
+RELEASE_DAMAGE = [  # (tensor, replacement, what the one line must say)
+    ("ctc_head.weight", torch.zeros(()), "tensor ctc_head.weight has shape (), expected 2 dimensions"),
+    ("encoder.conv_stack.0.weight", torch.zeros(64, 80), "has shape (64, 80), expected 3 dimensions"),
+    ("projector.linear.weight", torch.zeros(64), "tensor projector.linear.weight has shape (64,)"),
+    ("encoder.conv_stack.0.weight", torch.zeros(64, 0, 3), "encoder.n_mels is 0, not between 1 and 201"),
+    ("encoder.conv_stack.0.weight", torch.zeros(64, 5000, 3), "encoder.n_mels is 5000"),  # decoded silence before
+]
+
+
+@pytest.mark.parametrize("name,value,says", RELEASE_DAMAGE, ids=["scalar-ctc", "2d-conv", "1d-proj", "0-mels",
+                                                                  "5000-mels"])
+def test_a_release_checkpoint_with_odd_tensor_shapes_is_one_line_naming_it(tiny, tmp_path, capsys, name, value, says):
+    sd = {k: v.clone() for k, v in tiny.model.state_dict().items() if not k.startswith("llm.")}
+    sd[name] = value
+    torch.save(sd, tmp_path / "model.pt")
+    args = ["--checkpoint", tmp_path / "model.pt", "--decoder", tiny.root / "llm", "--tokenizer", tiny.tok.path]
+    assert decode.main([*map(str, args), "--mode", "ctc", "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert says in one_line(err) and f"{tmp_path / 'model.pt'}: " in err, err
