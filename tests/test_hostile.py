@@ -8,6 +8,7 @@ import json
 import os
 import resource
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ import soundfile as sf
 import torch
 
 import decode
+import evaluate
+from atomic import atomic_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,3 +114,26 @@ def test_a_release_checkpoint_with_odd_tensor_shapes_is_one_line_naming_it(tiny,
     assert decode.main([*map(str, args), "--mode", "ctc", "x.wav"]) == 2
     err = capsys.readouterr().err
     assert says in one_line(err) and f"{tmp_path / 'model.pt'}: " in err, err
+
+
+# --------------------------------------------------------------------------------------------------------------
+# an output path that is not a regular file is refused, not replaced by one
+
+def test_an_output_that_is_a_fifo_is_refused_and_left_as_it_was(tmp_path):
+    fifo = tmp_path / "out.png"
+    os.mkfifo(fifo)  # as root a device would do the same: `--out /dev/null` replaced /dev/null by a file
+    with pytest.raises(OSError, match="is a FIFO, not a regular file"):
+        with atomic_file(fifo, "wb") as f:
+            f.write(b"picture")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.listdir(tmp_path) == ["out.png"]  # no temporary left
+
+
+def test_evaluate_out_onto_a_fifo_is_exit_2_after_the_summary(tiny, tmp_path, capsys):
+    sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio_filepath": "a.wav", "text": "бір"}) + "\n")
+    os.mkfifo(tmp_path / "out.jsonl")
+    code = evaluate.main(["--manifest", str(tmp_path / "m.jsonl"), "--model", str(tiny.folder), "--mode", "ctc",
+                          "--bootstrap", "0", "--json", "--out", str(tmp_path / "out.jsonl")])
+    out, err = capsys.readouterr()
+    assert code == 2 and json.loads(out)["n"] == 1 and "is a FIFO, not a regular file" in one_line(err)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "out.jsonl").st_mode)
