@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,11 @@ def test_evaluate_out_onto_a_fifo_is_exit_2_after_the_summary(tiny, tmp_path, ca
     out, err = capsys.readouterr()
     assert code == 2 and json.loads(out)["n"] == 1 and "is a FIFO, not a regular file" in one_line(err)
     assert stat.S_ISFIFO(os.lstat(tmp_path / "out.jsonl").st_mode)
+
+
+def test_train_seed_is_range_checked_with_the_other_flags():
+    import train
+    for seed in (-5, 2**32):
+        with pytest.raises(ValueError, match=rf"^--seed {seed}: must be in \[0, 2\*\*32 - 1\]"):
+            train.check_config(replace(train.TrainConfig(), train="t.jsonl", tokenizer="t.model", seed=seed))
+    train.check_config(replace(train.TrainConfig(), train="t.jsonl", tokenizer="t.model", seed=2**32 - 1))
