@@ -146,3 +146,33 @@ def test_train_seed_is_range_checked_with_the_other_flags():
         with pytest.raises(ValueError, match=rf"^--seed {seed}: must be in \[0, 2\*\*32 - 1\]"):
             train.check_config(replace(train.TrainConfig(), train="t.jsonl", tokenizer="t.model", seed=seed))
     train.check_config(replace(train.TrainConfig(), train="t.jsonl", tokenizer="t.model", seed=2**32 - 1))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# train_lm.py's flags are range-checked before anything is read or allocated
+
+LM_FLAGS = [("--dim=-32", "--dim -32: must be in [2, 65536]"), ("--n-heads=3", "--n-heads 3: must be a count"),
+            ("--n-kv-heads=3", "divides --n-heads 2"), ("--seq-len=1000000000", "--seq-len 1000000000"),
+            ("--steps=0", "--steps 0"), ("--warmup=0", "--warmup 0"), ("--lr=nan", "--lr nan"),
+            ("--valid-fraction=1", "--valid-fraction 1.0"), ("--copy-fraction=-1", "--copy-fraction -1.0"),
+            ("--batch-size=0", "--batch-size 0"), ("--n-layers=100000", "--n-layers 100000"),
+            ("--seed=-1", "--seed -1"), ("--dim=65536", "make over 1e+09 parameters")]
+
+
+@pytest.mark.parametrize("flag,says", LM_FLAGS, ids=[f for f, _ in LM_FLAGS])
+def test_train_lm_flags_out_of_range_are_one_line(tiny, tmp_path, flag, says):
+    import train_lm
+    (tmp_path / "lm.txt").write_text("бір екі үш\nтөрт бес\n" * 20, encoding="utf-8")
+    argv = ["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--out", str(tmp_path / "lm"),
+            "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-dim", "64", "--seq-len", "16", "--steps", "1"]
+    with pytest.raises(SystemExit) as e:
+        train_lm.main(argv + [flag])
+    assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and says in e.value.code
+    assert "\n" not in e.value.code and not (tmp_path / "lm").exists()
+
+
+def test_train_lm_with_no_training_lines_is_an_error(tiny, tmp_path):
+    import train_lm
+    (tmp_path / "lm.txt").write_text("бір екі үш\n", encoding="utf-8")  # the one line is held out for validation
+    with pytest.raises(ValueError, match="0 training and 1 validation lines"):
+        train_lm.load_lines(str(tmp_path / "lm.txt"), tiny.tok, 0.02, 0)
