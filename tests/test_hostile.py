@@ -176,3 +176,24 @@ def test_train_lm_with_no_training_lines_is_an_error(tiny, tmp_path):
     (tmp_path / "lm.txt").write_text("бір екі үш\n", encoding="utf-8")  # the one line is held out for validation
     with pytest.raises(ValueError, match="0 training and 1 validation lines"):
         train_lm.load_lines(str(tmp_path / "lm.txt"), tiny.tok, 0.02, 0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# listen.py names a row it cannot read, as decode.py names a file, instead of measuring the rest in silence
+
+def test_listen_names_each_unreadable_row_and_exits_1(tiny, tmp_path, capsys):
+    import listen
+    rows = []
+    for i, text in enumerate(["бір екі", "үш төрт", "бес алты"]):
+        sf.write(tmp_path / f"u{i}.wav", (0.1 * np.random.default_rng(i).standard_normal(12000)).astype(np.float32),
+                 16000)
+        rows.append({"audio_filepath": f"u{i}.wav", "text": text})
+    os.mkfifo(tmp_path / "pipe.wav")
+    rows[1:1] = [{"audio_filepath": "pipe.wav", "text": "жеті"}, {"audio_filepath": "/dev/zero", "text": "сегіз"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert listen.main(["--manifest", str(tmp_path / "m.jsonl"), "--model", str(tiny.folder)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith("3 utterances, CE"), out
+    assert err.splitlines() == [f"listen.py: {tmp_path / 'm.jsonl'}:2: {tmp_path / 'pipe.wav'}: is a FIFO, not a "
+                                "regular file", f"listen.py: {tmp_path / 'm.jsonl'}:3: /dev/zero: is a device, not a "
+                                "regular file"]
