@@ -14,8 +14,10 @@ it was and the temporary is removed. A process killed mid-write can leave those 
 removes the temporaries and puts back a `.NAME.old` whose NAME is missing (killed between the two renames).
 Not here: fsync (a power cut may still lose the newest file, never leave half of it readable as whole).
 """
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,7 @@ def atomic_path(path, suffix: str = ""):
 
     suffix: for writers that choose a format from the name (".wav" for soundfile)."""
     path = Path(path)
+    _refuse_special(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=suffix)
     os.close(fd)
@@ -37,6 +40,19 @@ def atomic_path(path, suffix: str = ""):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _refuse_special(path: Path):
+    """OSError when `path` (followed through links) is there and is not a regular file: the rename would put a
+    plain file in place of /dev/null, a FIFO or a socket (as root, of the device itself), not write into it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # not there (the usual case), or a parent that is not a folder: mkdir or mkstemp says so
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise OSError(errno.EINVAL, f"is {kind}, not a regular file", str(path))
 
 
 @contextmanager

@@ -17,18 +17,16 @@ counted, never a crash. A mistyped manifest line is an error naming file:line.
 import io
 import json
 import math
-import os
 import random
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from augment import AugmentConfig, augment
-from mel import (N_MELS, SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, resample,
-                 wav_shortfall)
+from mel import (N_MELS, SAMPLE_RATE, AudioError, load_audio, log_mel_spectrogram, normalize_level, open_audio,
+                 resample)
 from tokenizer import normalize
 
 MAX_TEXT_TOKENS = 255  # targets are cut to 255 ids (+ EOS) as in the original
@@ -84,21 +82,13 @@ def manifest_row(line, path, n):
 
 def audio_problem(path):
     """Why the audio file at `path` cannot be trained on (None if it looks fine), and its duration in seconds.
-    Reads the header only (soundfile.info), so checking a whole manifest is quick."""
-    if not os.path.exists(path):
-        return "no such file", None
-    if os.path.isdir(path):
-        return "is a directory", None
+    Reads the header only, with mel.open_audio's checks (what decoding refuses, training refuses): a FIFO or a
+    device is never opened, so checking a whole manifest is quick and cannot block."""
     try:
-        info = sf.info(path)
-    except (RuntimeError, OSError) as e:  # sf.LibsndfileError is a RuntimeError
-        return "not readable as audio (" + " ".join(str(getattr(e, "error_string", e)).split()) + ")", None
-    cut = wav_shortfall(info.extra_info)
-    if cut:
-        return f"truncated (header promises {cut[1]} bytes, file has {cut[0]})", None
-    if info.frames <= 0 or info.samplerate <= 0:
-        return "contains no samples", None
-    return None, info.frames / info.samplerate
+        with open_audio(path) as f:
+            return None, f.frames / f.samplerate
+    except AudioError as e:  # "<path>: <problem>"
+        return str(e).removeprefix(f"{path}: "), None
 
 
 def spec_augment(mel, g: torch.Generator, n_freq=2, freq_width=27, n_time=2, time_width=100,

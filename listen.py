@@ -15,13 +15,16 @@ order: someone else's audio misleads more than none.
 
     python listen.py --manifest data/synth/test.jsonl               # the shipped teaching model
     python listen.py --manifest valid.jsonl --model runs/e2e/best --max-utts 100
+
+A row whose audio cannot be read (missing, a FIFO or a device, a broken header) is one line on stderr naming
+manifest:line and the file; the others are measured and the exit status is 1, as decode.py's.
 """
 import argparse
 import sys
 
 import torch
 
-from dataset import SpeechDataset, collate, read_manifest
+from dataset import SpeechDataset, audio_problem, collate, read_manifest
 from tokenizer import Tokenizer
 
 
@@ -84,6 +87,19 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0) -> dict:
     return out
 
 
+def readable_rows(rows, manifest) -> tuple[list, int]:
+    """The rows whose audio header mel.open_audio accepts, and how many were not: each of those is one line on
+    stderr naming manifest:line and the file, as decode.py names a file it cannot read."""
+    good = []
+    for row in rows:
+        problem, _ = audio_problem(row["audio_filepath"])
+        if problem:
+            print(f"listen.py: {manifest}:{row['_line']}: {row['audio_filepath']}: {problem}", file=sys.stderr)
+        else:
+            good.append(row)
+    return good, len(rows) - len(good)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text) of the utterances to test")
@@ -99,7 +115,8 @@ def main(argv=None) -> int:
     try:
         model = load_model(args.model, decoder=args.decoder)
         tokenizer = Tokenizer.load(str(tokenizer_path(args.model)))
-        data = SpeechDataset(read_manifest(args.manifest), tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels,
+        rows, unreadable = readable_rows(read_manifest(args.manifest), args.manifest)
+        data = SpeechDataset(rows, tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels,
                              level_dbfs=model.level_dbfs)  # the model's own front end, as decode.py
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate)
         r = listen(model, loader, tokenizer.eos_id, max_utts=args.max_utts)
@@ -108,7 +125,7 @@ def main(argv=None) -> int:
         return 2
     print(f"{r['utterances']} utterances, CE in nats/token: own audio {r['own']:.3f}, shuffled audio "
           f"{r['shuffled']:.3f}, no audio {r['none']:.3f}; listen gap (shuffled - own) {r['gap']:.3f}")
-    return 0
+    return 1 if unreadable else 0  # decode.py's status when some file could not be read
 
 
 if __name__ == "__main__":

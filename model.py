@@ -30,12 +30,14 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from atomic import atomic_folder
-from decoder import CheckpointError, Llama, check_finite, load_llama, read_json, read_safetensors
+from decoder import (CheckpointError, Llama, check_finite, load_llama, read_json, read_safetensors,
+                     safetensors_header)
 from encoder import AudioEncoder, EncoderConfig, Projector
 from mel import N_FFT
 
 RELEASE_HEAD_DIM = 64  # both releases use 64-d heads: the one dimension a checkpoint's shapes cannot tell
 EXTRA_ROWS = ("new_rows", "output_new_rows")  # decoder rows added by Llama.extend_vocab: not in the base folder
+MAX_VOCAB, MAX_WIDTH, MAX_LAYERS = 1 << 24, 1 << 16, 1024  # a model folder's sizes, as a Llama config's are bounded
 
 
 def extra_rows(llm: Llama) -> list:
@@ -144,15 +146,24 @@ class ASRModel(nn.Module):
 
 def infer_encoder_config(sd: dict, path) -> EncoderConfig:
     """Encoder dimensions from the release's tensor shapes (recipe §8)."""
-    try:
-        dim, n_mels, _ = sd["encoder.conv_stack.0.weight"].shape
-        n_convs = len([k for k in sd if re.fullmatch(r"encoder\.conv_stack\.\d+\.weight", k)])
-        n_layers = len([k for k in sd if re.fullmatch(r"encoder\.layers\.\d+\.norm1\.weight", k)])
-    except KeyError as e:
-        raise ValueError(f"{path}: not a SozKZ OmniAudio checkpoint (no tensor {e.args[0]})") from None
+    dim, n_mels, _ = release_shape(sd, "encoder.conv_stack.0.weight", 3, path)
+    n_convs = len([k for k in sd if re.fullmatch(r"encoder\.conv_stack\.\d+\.weight", k)])
+    n_layers = len([k for k in sd if re.fullmatch(r"encoder\.layers\.\d+\.norm1\.weight", k)])
     if dim % RELEASE_HEAD_DIM:
         raise ValueError(f"{path}: encoder width {dim} is not a multiple of the release's head size 64")
-    return EncoderConfig(n_mels=n_mels, dim=dim, n_heads=dim // RELEASE_HEAD_DIM, n_layers=n_layers, n_convs=n_convs)
+    # a model folder's checks (bands the front end can compute, heads dividing the width, sizes bounded)
+    return encoder_config(dict(n_mels=n_mels, dim=dim, n_heads=dim // RELEASE_HEAD_DIM, n_layers=n_layers,
+                               n_convs=n_convs), path)
+
+
+def release_shape(sd: dict, name: str, ndim: int, path) -> tuple:
+    """The shape of sd[name], which the release's sizes are read from: ValueError naming the file when the tensor
+    is missing or not of `ndim` dimensions (a scalar ctc_head.weight cannot say how many ids there are)."""
+    if name not in sd:
+        raise ValueError(f"{path}: not a SozKZ OmniAudio checkpoint (no tensor {name})")
+    if sd[name].dim() != ndim:
+        raise ValueError(f"{path}: tensor {name} has shape {tuple(sd[name].shape)}, expected {ndim} dimensions")
+    return tuple(sd[name].shape)
 
 
 def check_state_dict(want: dict, sd: dict, path):
@@ -181,14 +192,14 @@ def load_release(checkpoint, decoder_dir, tokenizer_vocab: int | None = None, dt
         raise ValueError(f"{checkpoint}: expected a dict of tensors (recipe §8)")
     check_finite(sd, checkpoint)
     enc_cfg = infer_encoder_config(sd, checkpoint)
-    vocab = sd["ctc_head.weight"].shape[0] if "ctc_head.weight" in sd else None
-    if vocab is None:
+    if "ctc_head.weight" not in sd:
         raise ValueError(f"{checkpoint}: no ctc_head.weight, cannot tell the vocabulary size")
+    vocab = release_shape(sd, "ctc_head.weight", 2, checkpoint)[0]
     if tokenizer_vocab is not None and vocab != tokenizer_vocab:
         raise ValueError(f"{checkpoint}: has {vocab} output ids but the tokenizer has {tokenizer_vocab}"
                          + (" (one of the older 50257-id checkpoints, not checkpoint-92000)" if vocab == 50257 else ""))
     llm = load_llama(decoder_dir, dtype=dtype, device="cpu")
-    width = sd["projector.linear.weight"].shape[0] if "projector.linear.weight" in sd else None
+    width = release_shape(sd, "projector.linear.weight", 2, checkpoint)[0] if "projector.linear.weight" in sd else None
     if width != llm.config.dim:
         raise ValueError(f"{checkpoint}: projector outputs {width} but the decoder in {decoder_dir} is {llm.config.dim} wide")
     if vocab > llm.vocab_size:
@@ -261,8 +272,8 @@ def read_config(folder) -> dict:
             raise CheckpointError(f"{path}: missing key {key!r}")
         if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
             raise CheckpointError(f"{path}: {key} is {v!r}, expected {kind.__name__}")
-    if config["vocab_size"] < 1:
-        raise CheckpointError(f"{path}: vocab_size {config['vocab_size']} is not positive")
+    if not 1 <= config["vocab_size"] <= MAX_VOCAB:
+        raise CheckpointError(f"{path}: vocab_size {config['vocab_size']} is not in 1..{MAX_VOCAB}")
     level = config.get("level_dbfs")  # absent or null: no level normalisation
     if level is not None and (isinstance(level, bool) or not isinstance(level, (int, float))
                               or not -100 <= level <= 0):
@@ -282,6 +293,9 @@ def encoder_config(d: dict, path) -> EncoderConfig:
         if isinstance(value, bool) or not ok or value < 0:
             raise CheckpointError(f"{path}: encoder.{key} is {value!r}, expected a non-negative {known[key].__name__}")
     cfg = EncoderConfig(**d)
+    for key, most in (("dim", MAX_WIDTH), ("n_layers", MAX_LAYERS)):  # decoder.LlamaConfig.from_hf's limits
+        if getattr(cfg, key) > most:
+            raise CheckpointError(f"{path}: encoder.{key} is {getattr(cfg, key)}, more than {most}")
     if not 1 <= cfg.n_mels <= N_FFT // 2 + 1:  # the front end computes cfg.n_mels bands from 201 FFT bins
         raise CheckpointError(f"{path}: encoder.n_mels is {cfg.n_mels}, not between 1 and {N_FFT // 2 + 1}")
     if not 1 <= cfg.n_heads <= cfg.dim or cfg.dim % cfg.n_heads or (cfg.dim // cfg.n_heads) % 2:
@@ -302,18 +316,28 @@ def load_model(folder, dtype=torch.float32, device="cpu", decoder=None) -> ASRMo
         raise ValueError(f"{cfg_path}: names no decoder folder; pass one (decode.py --decoder LLAMA_DIR)")
     decoder = Path(decoder) if decoder else (folder / config["decoder"])
     llm = load_llama(decoder, dtype=dtype, device="cpu")
-    if config["vocab_size"] > llm.vocab_size:
-        llm.extend_vocab(config["vocab_size"], trainable=config.get("extra_rows_trainable", False))
-    model = ASRModel(encoder_config(config["encoder"], cfg_path), llm, config["vocab_size"])
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{weights}: no such file")
+    enc_cfg = encoder_config(config["encoder"], cfg_path)
+    with torch.device("meta"):  # the config's sizes against the file's header first: no memory spent on a lie
+        want = _assemble(Llama(llm.config), enc_cfg, config).own_state_dict()
+    header = {n: torch.empty(shape, device="meta") for n, shape in safetensors_header(str(weights)).items()}
+    check_state_dict(want, header, weights)
+    model = _assemble(llm, enc_cfg, config)
     sd = read_safetensors(str(weights))
     check_state_dict(model.own_state_dict(), sd, weights)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, strict=False)
     model.level_dbfs = config.get("level_dbfs")
     model.llm.freeze()  # inference: nothing trains; train.py re-enables what it trains
     return model.to(device=device).eval()
+
+
+def _assemble(llm: Llama, enc_cfg: EncoderConfig, config: dict) -> ASRModel:
+    """The ASRModel a folder's config describes around `llm`, its vocabulary extended as the config says."""
+    if config["vocab_size"] > llm.vocab_size:
+        llm.extend_vocab(config["vocab_size"], trainable=config.get("extra_rows_trainable", False))
+    return ASRModel(enc_cfg, llm, config["vocab_size"])
 
 
 def tokenizer_path(folder) -> Path | None:

@@ -437,6 +437,7 @@ def check_config(cfg: TrainConfig):
         ("max_bad_fraction", 0 <= cfg.max_bad_fraction <= 1, "in [0, 1]"), ("stop_at", cfg.stop_at >= 0, ">= 0"),
         ("spec_time_fraction", 0 < cfg.spec_time_fraction <= 1, "in (0, 1]"),
         ("eval_listen", cfg.eval_listen >= 0, ">= 0"), ("aug_gain_db", 0 <= cfg.aug_gain_db < math.inf, ">= 0"),
+        ("seed", 0 <= cfg.seed < 2**32, "in [0, 2**32 - 1] (numpy's seeds)"),
     ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
          for p in ("aug_reverb", "aug_noise", "aug_telephone", "aug_gain")]
     for name, ok, want in ranges:

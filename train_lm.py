@@ -35,7 +35,11 @@ def load_lines(text_path, tokenizer, valid_fraction, seed) -> tuple[list[list[in
     random.Random(seed).shuffle(lines)
     n_valid = max(1, int(len(lines) * valid_fraction))
     ids = [tokenizer.encode(line) for line in lines]
-    return [i for i in ids[n_valid:] if i], [i for i in ids[:n_valid] if i]
+    train, valid = [i for i in ids[n_valid:] if i], [i for i in ids[:n_valid] if i]
+    if not train or not valid:  # one line, or lines the tokenizer makes nothing of: no text to learn or measure
+        raise ValueError(f"{text_path}: {len(train)} training and {len(valid)} validation lines with tokens "
+                         f"(--valid-fraction {valid_fraction}); each needs one")
+    return train, valid
 
 
 def text_blocks(lines: list[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
@@ -106,9 +110,49 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     args = p.parse_args(argv)
     try:
+        check_args(args)
         run(args)
     except ValueError as e:
         sys.exit(f"error: {e}")
+
+
+MAX_PARAMETERS = 10**9  # a one-process CPU trainer of toy decoders: a larger request is a typo, not a plan
+MAX_SEQ_LEN = 2048  # the RoPE table run() builds (LlamaConfig.max_seq_len)
+
+
+def check_args(args):
+    """ValueError naming the first flag out of range (argparse checks only the type; nan passes it, as every
+    comparison with nan is False), before any text is read or any weight allocated."""
+    heads_ok = 1 <= args.n_heads <= args.dim and args.dim % args.n_heads == 0 and args.dim // args.n_heads % 2 == 0
+    ranges = [
+        ("dim", 2 <= args.dim <= 1 << 16, "in [2, 65536]"), ("n_layers", 1 <= args.n_layers <= 1024, "in [1, 1024]"),
+        ("n_heads", heads_ok, f"a count that divides --dim {args.dim} into heads of even size"),
+        ("n_kv_heads", 1 <= args.n_kv_heads <= args.n_heads and args.n_heads % args.n_kv_heads == 0,
+         f"a count that divides --n-heads {args.n_heads}"),
+        ("ffn_dim", 1 <= args.ffn_dim <= 1 << 20, "in [1, 1048576]"),
+        ("seq_len", 1 <= args.seq_len <= MAX_SEQ_LEN, f"in [1, {MAX_SEQ_LEN}]"),
+        ("batch_size", 1 <= args.batch_size <= 1 << 16, "in [1, 65536]"), ("steps", args.steps >= 1, ">= 1"),
+        ("lr", 0 < args.lr < math.inf, "> 0"), ("warmup", args.warmup >= 1, ">= 1 (steps)"),
+        ("valid_fraction", 0 <= args.valid_fraction < 1, "in [0, 1)"),
+        ("copy_fraction", 0 <= args.copy_fraction <= 1, "in [0, 1]"),
+        ("seed", 0 <= args.seed < 2**32, "in [0, 2**32 - 1]"),
+    ]
+    for name, ok, want in ranges:
+        if not ok:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {want}")
+    with torch.device("meta"):  # counted without memory
+        n = sum(p.numel() for p in Llama(llama_config(args, vocab_size=1, eos_id=0, pad_id=0)).parameters())
+    n += (1 << 20) * args.dim  # the embedding rows of a vocabulary up to 1M ids, before the tokenizer is read
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"--dim {args.dim}, --n-layers {args.n_layers}, --ffn-dim {args.ffn_dim} make over "
+                         f"{MAX_PARAMETERS:.0e} parameters; this trainer is for small decoders")
+
+
+def llama_config(args, vocab_size: int, eos_id: int, pad_id: int) -> LlamaConfig:
+    """The decoder the flags describe (tied embeddings, RoPE tables of MAX_SEQ_LEN positions)."""
+    return LlamaConfig(vocab_size=vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
+                       n_kv_heads=args.n_kv_heads, ffn_dim=args.ffn_dim, max_seq_len=MAX_SEQ_LEN,
+                       tie_embeddings=True, bos_id=eos_id, eos_id=eos_id, pad_id=pad_id)
 
 
 def batch(step, train, lines, args, rng, g, pad_id, eos_id):
@@ -138,10 +182,7 @@ def run(args):
     tok = Tokenizer.load(args.tokenizer)
     lines, valid_lines = load_lines(args.text, tok, args.valid_fraction, args.seed)
     train, valid = text_blocks(lines, args.seq_len, tok.eos_id), text_blocks(valid_lines, args.seq_len, tok.eos_id)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads,
-                      n_kv_heads=args.n_kv_heads, ffn_dim=args.ffn_dim, max_seq_len=2048, tie_embeddings=True,
-                      bos_id=tok.eos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
-    model = Llama(cfg)
+    model = Llama(llama_config(args, tok.vocab_size, tok.eos_id, tok.pad_id))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters, {len(train)} text blocks of {args.seq_len} tokens, "
           f"{args.copy_fraction:.0%} of each batch copy exercises")
