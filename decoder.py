@@ -322,15 +322,23 @@ class Llama(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.config = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        # under `with torch.device("meta")` (load_llama: shapes only, every value then assigned from the file)
+        # nothing is computed: meta maths such as a normal_ draw import torch._dynamo, seconds of start-up
+        shapes_only = torch.get_default_device().type == "meta"
+        empty = torch.empty(cfg.vocab_size, cfg.dim) if shapes_only else None  # nn.Embedding skips its init then
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim, _weight=empty)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.register_parameter("new_rows", None)  # (n_new, dim) embedding rows added by extend_vocab
         self.register_parameter("output_new_rows", None)  # the same for an untied head
         self._repeat_key = self._repeated = None  # _one_row_repeated's answer, per version of the extended rows
-        self.reset_rope()
-        self.apply(self._init_weights)
+        if shapes_only:  # so are RoPE's tables (they follow from the config): load_llama builds them after
+            self.register_buffer("rope_cos", None, persistent=False)
+            self.register_buffer("rope_sin", None, persistent=False)
+        else:
+            self.reset_rope()
+            self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m):
@@ -429,6 +437,8 @@ class Llama(nn.Module):
             return
 
         def mean_rows(w):  # (base, dim) -> (new_size - base, dim), mean taken in float32 as HF's resize does
+            if w.is_meta:  # shapes only (model.load_model's header check): meta maths would import torch._dynamo
+                return torch.empty(new_size - base, w.shape[1], dtype=w.dtype, device="meta")
             return w.detach().float().mean(0, keepdim=True).expand(new_size - base, -1).to(w.dtype).clone()
         # separate parameters beside the stored matrices, so the base rows cannot move
         self.new_rows = nn.Parameter(mean_rows(self.tok_embeddings.weight), requires_grad=trainable)

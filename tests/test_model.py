@@ -1,5 +1,6 @@
 """The assembled model: the release's model.pt layout (recipe §8) and our own model folders."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from encoder import EncoderConfig
 from model import ASRModel, load_model, load_release, save_model
 
 BASE_VOCAB, VOCAB = 120, 200  # the release: 50257 base rows, 100000 ids
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +120,22 @@ def test_model_folder_errors_name_the_problem(llama_dir, tmp_path):
     save_file(sd, tmp_path / "m" / "model.safetensors")
     with pytest.raises(ValueError, match="missing: ctc_head.bias"):
         load_model(tmp_path / "m")
+
+
+def test_loading_a_model_folder_draws_no_init_and_sets_off_no_compiler(tmp_path):
+    """Both models are built on the meta device and assigned: a random draw there imports torch._dynamo (seconds
+    of every program's start-up), and anything left unassigned would still be a meta tensor."""
+    import subprocess
+    import sys
+    code = ("import sys, model; m = model.load_model('models/teach'); "
+            "print('torch._dynamo' in sys.modules, any(t.is_meta for t in [*m.parameters(), *m.buffers()]), "
+            "m.llm.rope_cos.shape[0] == m.llm.config.max_seq_len)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.split() == ["False", "False", "True"], out.stderr
+
+
+def test_a_fresh_llama_still_draws_its_init():
+    torch.manual_seed(0)
+    llm = Llama(LlamaConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=32))
+    assert 0.015 < llm.tok_embeddings.weight.std() < 0.025  # normal(0, 0.02), not nn.Embedding's N(0, 1)
+    assert llm.rope_cos.shape == (llm.config.max_seq_len, 8)
