@@ -13,7 +13,7 @@ Two ways in (recipe §8):
                          level_dbfs when the front end normalises the level (mel.normalize_level)
       model.safetensors  every tensor the decoder folder does not hold
       tokenizer.model    (or tokenizer.json)
-      decoder/           the frozen Llama in Hugging Face format (or a path to one in config.json)
+      decoder/           the frozen Llama in Hugging Face format (training checkpoints: a relative path to one)
 `ASRModel.forward` is the model as training runs it; the prompt functions beside it are shared with search.py.
 Losses live in train.py and decoding strategies in search.py.
 """
@@ -230,13 +230,14 @@ def assemble(enc_cfg: EncoderConfig, llm: Llama, vocab: int, sd: dict, path, wan
 # ---------------------------------------------------------------------------------------------------------------
 # our own model folders
 
-def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decoder=False, dtype=None,
+def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decoder=True, dtype=None,
                extra_config=None):
     """
     Write a model folder atomically (a temporary folder, then rename).
-    tokenizer: path of the tokenizer file to copy in. decoder: path of the HF Llama folder; copied in as
-    decoder/ when `copy_decoder`, else recorded as a relative path (training checkpoints: the frozen base
-    never changes, so it is not copied a hundred times).
+    tokenizer: path of the tokenizer file to copy in. decoder: path of the HF Llama folder; copied in as decoder/
+    (hard links where the file system allows: no space taken, and the frozen files are only ever replaced, never
+    written in place), so the folder loads wherever it is copied to. copy_decoder=False records a relative path
+    instead (training checkpoints, which stay beside their run; load_model then asks for --decoder if moved).
     dtype: store weights as e.g. torch.float16 to halve a shipped model's size.
     """
     folder = Path(folder)
@@ -245,7 +246,7 @@ def save_model(model: ASRModel, folder, tokenizer=None, decoder=None, copy_decod
     return folder
 
 
-def write_model_files(model: ASRModel, tmp: Path, folder: Path, tokenizer=None, decoder=None, copy_decoder=False,
+def write_model_files(model: ASRModel, tmp: Path, folder: Path, tokenizer=None, decoder=None, copy_decoder=True,
                       dtype=None, extra_config=None):
     """The files of a model folder, written into `tmp`, which is to become `folder` (save_model's arguments)."""
     sd = {k: (v.to(dtype) if dtype and v.is_floating_point() else v).detach().cpu().contiguous()
@@ -261,12 +262,20 @@ def write_model_files(model: ASRModel, tmp: Path, folder: Path, tokenizer=None, 
         config["tokenizer"] = Path(tokenizer).name
     if decoder is not None:
         if copy_decoder:
-            shutil.copytree(decoder, tmp / "decoder")
+            shutil.copytree(decoder, tmp / "decoder", copy_function=link_or_copy)
             config["decoder"] = "decoder"
         else:
             config["decoder"] = os.path.relpath(Path(decoder).resolve(), Path(folder).resolve())
     config.update(extra_config or {})
     (tmp / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def link_or_copy(src, dst):
+    """A hard link of src at dst, or a copy where links cannot be made (another file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def read_config(folder) -> dict:
@@ -328,6 +337,9 @@ def load_model(folder, dtype=torch.float32, device="cpu", decoder=None) -> ASRMo
     cfg_path = folder / "config.json"
     if not decoder and "decoder" not in config:
         raise ValueError(f"{cfg_path}: names no decoder folder; pass one (decode.py --decoder LLAMA_DIR)")
+    if not decoder and not (folder / config["decoder"] / "config.json").is_file():  # a checkpoint moved from its run
+        raise CheckpointError(f"{cfg_path}: its decoder {config['decoder']!r} (a path relative to the folder) is "
+                              "not there; pass the Llama folder (decode.py --decoder LLAMA_DIR)")
     decoder = Path(decoder) if decoder else (folder / config["decoder"])
     llm = load_llama(decoder, dtype=dtype, device="cpu")
     weights = folder / "model.safetensors"
@@ -351,6 +363,12 @@ def _assemble(llm: Llama, enc_cfg: EncoderConfig, config: dict) -> ASRModel:
     if config["vocab_size"] > llm.vocab_size:
         llm.extend_vocab(config["vocab_size"], trainable=config.get("extra_rows_trainable", False))
     return ASRModel(enc_cfg, llm, config["vocab_size"])
+
+
+def decoder_path(folder) -> Path | None:
+    """The decoder folder a model folder names (its own decoder/, or a checkpoint's relative path), or None."""
+    config = read_config(folder)
+    return Path(folder) / config["decoder"] if "decoder" in config else None
 
 
 def tokenizer_path(folder) -> Path | None:

@@ -46,7 +46,7 @@ from dataset import BatchSampler, collate, open_dataset
 from decoder import CheckpointError, load_llama, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
-from model import ASRModel, check_state_dict, extra_rows, load_model, save_model, write_model_files
+from model import ASRModel, check_state_dict, decoder_path, extra_rows, load_model, save_model, write_model_files
 from run_folder import WRITE_ERRORS, Log, lock_out, release_out, remove_stale_temporaries, write_problem
 from tokenizer import BLANK_ID, Tokenizer
 
@@ -208,6 +208,7 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> ASRModel:
     """A fresh model (encoder preset + frozen decoder) or one loaded from --init; then choose what trains."""
     if cfg.init:
         model = load_model(cfg.init, decoder=cfg.decoder or None)  # checks every tensor, finite ones only
+        cfg.decoder = cfg.decoder or str(decoder_path(cfg.init))  # so that best/ and checkpoints name it too
     else:
         if not cfg.decoder:
             raise ValueError("--decoder (a Hugging Face Llama folder) is needed for a fresh model")
@@ -307,6 +308,7 @@ def save_checkpoint(path, model, optimizer, step, pos, cfg, extra=None):
     try:
         with atomic_folder(path) as tmp:
             write_model_files(model, tmp, path, tokenizer=cfg.tokenizer, decoder=cfg.decoder or None,
+                              copy_decoder=False,  # beside its run: the decoder by path, not copied
                               extra_config=dict(stage=cfg.stage, step=step))
             torch.save(state, tmp / "trainer.pt")
     except WRITE_ERRORS as e:

@@ -104,7 +104,7 @@ def test_model_folder_round_trip_with_trainable_extra_rows(llama_dir, tmp_path):
             m.out = m.llm.logits(m.llm(x))
     torch.testing.assert_close(model.out, loaded.out)
     # a saved folder that refers to the decoder elsewhere instead of copying it
-    save_model(model, tmp_path / "ref", decoder=llama_dir)
+    save_model(model, tmp_path / "ref", decoder=llama_dir, copy_decoder=False)
     assert not (tmp_path / "ref" / "decoder").exists()
     torch.testing.assert_close(load_model(tmp_path / "ref").ctc_head.weight, model.ctc_head.weight.detach())
 
@@ -139,3 +139,28 @@ def test_a_fresh_llama_still_draws_its_init():
     llm = Llama(LlamaConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=32))
     assert 0.015 < llm.tok_embeddings.weight.std() < 0.025  # normal(0, 0.02), not nn.Embedding's N(0, 1)
     assert llm.rope_cos.shape == (llm.config.max_seq_len, 8)
+
+
+def test_a_saved_folder_copied_elsewhere_still_loads(llama_dir, tmp_path):
+    import shutil
+    model = release_like(llama_dir)
+    save_model(model, tmp_path / "run" / "m", decoder=llama_dir)  # the default: the decoder is copied in
+    assert (tmp_path / "run" / "m" / "decoder" / "model.safetensors").is_file()
+    shutil.copytree(tmp_path / "run" / "m", tmp_path / "elsewhere" / "deep" / "m")
+    shutil.rmtree(tmp_path / "run")
+    loaded = load_model(tmp_path / "elsewhere" / "deep" / "m")
+    torch.testing.assert_close(loaded.ctc_head.weight, model.ctc_head.weight.detach())
+    torch.testing.assert_close(loaded.llm.tok_embeddings.weight, model.llm.tok_embeddings.weight)
+
+
+def test_a_checkpoint_moved_from_its_decoder_says_to_pass_one(llama_dir, tmp_path):
+    import shutil
+    model = release_like(llama_dir)
+    save_model(model, tmp_path / "run" / "checkpoint-1", decoder=llama_dir, copy_decoder=False)
+    assert load_model(tmp_path / "run" / "checkpoint-1").vocab_size == VOCAB  # the relative path, in place
+    shutil.copytree(tmp_path / "run" / "checkpoint-1", tmp_path / "a" / "b" / "c" / "checkpoint-1")
+    moved = tmp_path / "a" / "b" / "c" / "checkpoint-1"
+    with pytest.raises(ValueError, match=r"config.json: its decoder .* is not there; pass .*--decoder") as e:
+        load_model(moved)
+    assert "\n" not in str(e.value)
+    torch.testing.assert_close(load_model(moved, decoder=llama_dir).ctc_head.weight, model.ctc_head.weight.detach())
