@@ -221,21 +221,37 @@ def word_index(decode, tokens: list[int], normalize) -> list[int]:
     return out
 
 
-def word_times(words: list[str], token_words: list[int], spans, frame_seconds: float, offset: float = 0.0):
-    """[{word, start, end}] in seconds from each token's frames; start/end None when no alignment exists."""
+WORD_TAIL_SECONDS = 0.12  # how far a word's end reaches past its last CTC spike (see word_times)
+
+
+def word_times(words: list[str], token_words: list[int], spans, frame_seconds: float, offset: float = 0.0,
+               n_frames: int | None = None):
+    """[{word, start, end}] in seconds from each token's frames; start/end None when no alignment exists.
+
+    A word starts at its first token's first frame. CTC marks a token with a spike of a frame or two, often
+    before the sound is over, so a word's last spike ends it too early (by 0.14 s on average, measured on
+    espeak-ng words of known length joined with and without pauses); its end is instead put WORD_TAIL_SECONDS
+    after that spike, but never past the next word's first frame (or n_frames, the end of the audio). On those
+    86 words the mean |error| of the ends falls from 0.14 s to 0.05-0.06 s; the next word's first frame alone
+    (no cap) is 0.13 s late without pauses and 0.33 s with them.
+    """
     out = [{"word": w, "start": None, "end": None} for w in words]
     if spans is None:
         return out
-    for w, (first, last) in zip(token_words, spans):
-        if w >= len(out):
+    first, last = [None] * len(words), [None] * len(words)  # frames of each word's first and last token
+    for w, (a, b) in zip(token_words, spans):
+        if w < len(out):
+            first[w] = a if first[w] is None else min(first[w], a)
+            last[w] = b if last[w] is None else max(last[w], b)
+    tail = round(WORD_TAIL_SECONDS / frame_seconds)
+    for w, item in enumerate(out):
+        if first[w] is None:
             continue
-        item = out[w]
-        start, end = offset + first * frame_seconds, offset + (last + 1) * frame_seconds
-        item["start"] = start if item["start"] is None else min(item["start"], start)
-        item["end"] = end if item["end"] is None else max(item["end"], end)
-    for item in out:  # three decimals: frames are 40 ms
-        for k in ("start", "end"):
-            item[k] = None if item[k] is None else round(item[k], 3)
+        following = [f for f in first[w + 1:] if f is not None][:1] or ([n_frames] if n_frames else [])
+        end = last[w] + 1 + tail
+        end = min([end] + [f for f in following if f > last[w]])
+        item["start"] = round(offset + first[w] * frame_seconds, 3)  # three decimals: frames are 40 ms
+        item["end"] = round(offset + end * frame_seconds, 3)
     return out
 
 

@@ -34,6 +34,7 @@ import torch
 
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
+from decoder import DEVICES, pick_device
 from encoder import subsampled_lengths
 from mel import (N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames,
                  normalize_level)
@@ -212,7 +213,7 @@ class Transcriber:
         if spans is None:  # more tokens than frames can carry: spread the words evenly
             return longform.spread_times(text.split(), offset, offset + duration)
         return word_times(text.split(), word_index(self.tokenizer.decode, tokens, normalize), spans,
-                          self.frame_s, offset)
+                          self.frame_s, offset, n_frames=log_probs.shape[0])
 
     def _result(self, name: str, tokens: list[int], log_probs: torch.Tensor) -> dict:
         out = {"audio": name, "text": normalize(self.tokenizer.decode(tokens))}
@@ -352,8 +353,8 @@ def add_decoding_args(p: argparse.ArgumentParser):
     m.add_argument("--tokenizer", default=None, metavar="FILE",
                    help="tokenizer.json (the release: sozkz-morphbpe-100k-kk-v1) or a sentencepiece .model; "
                         "with --model it overrides the folder's own")
-    m.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                   help="where to run (default: cuda when available, else cpu)")
+    m.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to run; auto: cuda when available, else cpu (default: %(default)s)")
     m.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="weights and activations; norms, softmax and scores stay float32 (default: float32, "
                         "the release's recipe; --mode reference is always float32)")
@@ -406,7 +407,7 @@ def load(args) -> Transcriber:
     """Model, tokenizer and options from parsed add_decoding_args flags; ValueError (one line) when unusable."""
     from model import load_model, load_release, read_config, tokenizer_path  # here: --help needs no model code
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(args.device or "auto")  # cuda without CUDA: one line here, before anything loads
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     folder = None if args.checkpoint else (Path(args.model) if args.model else DEFAULT_MODEL)
     config = folder / "config.json" if folder else None
@@ -453,13 +454,16 @@ def parse_args(argv=None):
                    help="text: the transcript (PATH<TAB>text when several files); jsonl: one JSON object a line "
                         "with audio, text (and words) (default: text)")
     o.add_argument("--timestamps", action="store_true",
-                   help="jsonl: add words [{word, start, end}] in seconds, from the CTC alignment of the final "
-                        "tokens (40 ms encoder frames)")
+                   help="with --format jsonl: add words [{word, start, end}] in seconds, from the CTC alignment "
+                        "of the final tokens (40 ms encoder frames; README: word timestamps)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.timestamps and args.format != "jsonl":  # text output has nowhere to put them
+        print("decode.py: error: --timestamps needs --format jsonl (words are printed as JSON)", file=sys.stderr)
+        return 2
     try:
         transcriber = load(args)
     except (ValueError, OSError) as e:  # AudioError, CheckpointError, TokenizerError and our own: all one line

@@ -11,6 +11,7 @@ Does not do: rope_scaling, biases, sliding windows, tensor parallelism, decoding
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,6 +27,23 @@ MAX_POSITIONS = 1 << 17  # the longest RoPE table a config may ask for (131072 p
 
 class CheckpointError(ValueError):
     """A Llama folder we cannot read; the message is one line naming the file and the problem."""
+
+
+DEVICES = ("auto", "cpu", "cuda")  # every script's --device choices
+
+
+def pick_device(name: str) -> str:
+    """A --device value -> "cuda" or "cpu" (auto: cuda when there is one); ValueError, one line, for cuda without
+    CUDA, so that the scripts can say so and exit 2 instead of failing later with a traceback."""
+    index = re.fullmatch(r"cuda:(\d+)", name)  # one GPU of several (train.py)
+    if name not in DEVICES and not index:
+        raise ValueError(f"--device {name!r}: expected one of {', '.join(DEVICES)}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"--device {name}: {why}; use --device cpu (or auto)")
+    if index and int(index[1]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 ...)")
+    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def read_json(path: str) -> dict:

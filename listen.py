@@ -25,6 +25,7 @@ import sys
 import torch
 
 from dataset import SpeechDataset, audio_problem, collate, read_manifest
+from decoder import DEVICES, pick_device
 from tokenizer import Tokenizer
 
 
@@ -107,19 +108,22 @@ def main(argv=None) -> int:
     p.add_argument("--decoder", default=None, help="decoder folder, if not the one the model folder names")
     p.add_argument("--max-utts", type=int, default=0, help="test only the first N utterances; 0 = all (default: 0)")
     p.add_argument("--batch-size", type=int, default=16, help="utterances per batch (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to run; auto: cuda when available, else cpu (default: %(default)s)")
     args = p.parse_args(argv)
     if args.batch_size < 2 or args.max_utts < 0:
         p.error("--batch-size must be >= 2 and --max-utts >= 0")
     from model import load_model, tokenizer_path
 
     try:
-        model = load_model(args.model, decoder=args.decoder)
+        device = pick_device(args.device)
+        model = load_model(args.model, decoder=args.decoder, device=device)
         tokenizer = Tokenizer.load(str(tokenizer_path(args.model)))
         rows, unreadable = readable_rows(read_manifest(args.manifest), args.manifest)
         data = SpeechDataset(rows, tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels,
                              level_dbfs=model.level_dbfs)  # the model's own front end, as decode.py
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate)
-        r = listen(model, loader, tokenizer.eos_id, max_utts=args.max_utts)
+        r = listen(model, loader, tokenizer.eos_id, device=device, max_utts=args.max_utts)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from atomic import atomic_folder, write_text
 from augment import AugmentConfig
 from dataset import BatchSampler, collate, open_dataset
-from decoder import CheckpointError, load_llama, read_safetensors
+from decoder import CheckpointError, load_llama, pick_device, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
 from model import ASRModel, check_state_dict, decoder_path, extra_rows, load_model, save_model, write_model_files
@@ -64,7 +64,7 @@ class TrainConfig:
     tokenizer: str = arg("", "tokenizer file: sentencepiece .model or Hugging Face tokenizer.json")
     decoder: str = arg("", "Hugging Face Llama folder of the frozen decoder")
     init: str = arg("", "model folder to start from (e2e starts from the best ctc checkpoint)")
-    encoder: str = arg("300m", f"encoder preset for a fresh model: {', '.join(ENCODER_PRESETS)}")
+    encoder: str = arg("300m", "encoder preset for a fresh model (encoder.ENCODER_PRESETS)")
     out: str = arg("runs/asr", "output folder: checkpoint-{step}/, best/, log.jsonl")
     # optimisation (the run behind checkpoint-92000, recipe §7)
     batch_size: int = arg(12, "utterances per micro-batch (per process)")
@@ -99,8 +99,8 @@ class TrainConfig:
                                   "model folder (config.json level_dbfs), so decoding does the same (release: off)")
     bucket: bool = arg(True, "length-bucketed batches (less padding)")
     # running
-    device: str = arg("auto", "auto (cuda if present), cuda or cpu")
-    dtype: str = arg("auto", "autocast dtype: auto (bfloat16 on cuda, float32 on cpu), bfloat16, float32")
+    device: str = arg("auto", "where to train: auto (cuda when present, else cpu), cpu, cuda or cuda:N")
+    dtype: str = arg("auto", "autocast dtype; auto: bfloat16 on cuda, float32 on cpu")
     grad_checkpointing: bool = arg(False, "recompute encoder blocks in backward: less memory, ~30% more time")
     save_every: int = arg(4000, "save a checkpoint every N optimiser steps")
     keep: int = arg(3, "checkpoints kept (the best is kept apart in best/)")
@@ -572,7 +572,7 @@ class Processes:
 def start_processes(cfg: TrainConfig) -> Processes:
     """The process group (NCCL on GPUs, gloo on CPUs), this process's device and autocast, every RNG seeded."""
     ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg.device)  # cuda without CUDA: a ValueError, one line
     rank, world = 0, 1
     if ddp:
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
@@ -762,17 +762,30 @@ def train(cfg: TrainConfig):
     return model
 
 
+CHOICES = {"stage": ("ctc", "e2e"), "encoder": tuple(ENCODER_PRESETS), "dtype": ("auto", "bfloat16", "float32")}
+
+
 def parse_args(argv=None) -> TrainConfig:
+    """The dataclass defaults, then the preset's values, then the flags given. --help shows the defaults of the
+    preset named on the same line (`--preset teach --help`: the teaching model's)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="300m", choices=list(PRESETS))
+    preset = pre.parse_known_args(argv)[0].preset
+    base = TrainConfig(**PRESETS[preset])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="300m", choices=list(PRESETS),
-                   help="300m: the released recipe (recipe §7); teach: the small CPU teaching model")
+    p.add_argument("--preset", default=preset, choices=list(PRESETS),
+                   help="300m: the released recipe (recipe §7); teach: the small CPU teaching model; the defaults "
+                        f"shown below are this preset's (now: {preset}; default: 300m)")
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        helptext = f"{f.metadata['help']} (default: {f.default})".replace("%", "%%")
+        flag, value = "--" + f.name.replace("_", "-"), getattr(base, f.name)
+        shown = ("on" if value else "off") if isinstance(value, bool) else (value if value != "" else "none")
+        helptext = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
         if f.type is bool or f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
-            p.add_argument(flag, type=type(f.default), default=None, help=helptext)
+            metavar = {int: "N", float: "X"}.get(type(f.default))  # str flags keep their names (PATH-like)
+            p.add_argument(flag, type=type(f.default), default=None, choices=CHOICES.get(f.name), metavar=metavar,
+                           help=helptext)
     a = vars(p.parse_args(argv))
     cfg = TrainConfig(**PRESETS[a.pop("preset")])
     for k, v in a.items():

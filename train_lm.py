@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from decoder import Llama, LlamaConfig, save_llama
+from decoder import DEVICES, Llama, LlamaConfig, pick_device, save_llama
 from tokenizer import Tokenizer
 
 
@@ -91,14 +91,15 @@ def main(argv=None):
     p.add_argument("--text", required=True, help="training text, one normalised segment a line")
     p.add_argument("--tokenizer", required=True, help="sentencepiece .model (its ids are the LM's vocabulary)")
     p.add_argument("--out", required=True, help="output folder: config.json + model.safetensors (HF Llama format)")
-    p.add_argument("--dim", type=int, default=256, help="hidden size (default: %(default)s)")
+    # the defaults are the teaching model's decoder (scripts/train_teaching_model.sh)
+    p.add_argument("--dim", type=int, default=192, help="hidden size (default: %(default)s)")
     p.add_argument("--n-layers", type=int, default=4, help="transformer layers (default: %(default)s)")
     p.add_argument("--n-heads", type=int, default=4, help="attention heads (default: %(default)s)")
     p.add_argument("--n-kv-heads", type=int, default=4, help="key/value heads, < heads for GQA (default: %(default)s)")
-    p.add_argument("--ffn-dim", type=int, default=704, help="SwiGLU hidden size (default: %(default)s)")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training block (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="blocks per step (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--ffn-dim", type=int, default=512, help="SwiGLU hidden size (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per training block (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=700, help="optimiser steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, cosine decay (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: %(default)s)")
     p.add_argument("--valid-fraction", type=float, default=0.02, help="lines held out (default: %(default)s)")
@@ -108,12 +109,16 @@ def main(argv=None):
                    help="share of each batch that is copy exercises: a line held slowly then written out, the "
                         "shape of the ASR prompt, so the frozen LM can read the audio (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to train; auto: cuda when available, else cpu (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         check_args(args)
+        args.device = pick_device(args.device)
         run(args)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    except ValueError as e:  # bad input: one line, exit 2 (as argparse's errors)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 MAX_PARAMETERS = 10**9  # a one-process CPU trainer of toy decoders: a larger request is a typo, not a plan
@@ -169,7 +174,7 @@ def batch(step, train, lines, args, rng, g, pad_id, eos_id):
 @torch.no_grad()
 def evaluate(model, blocks: tuple[torch.Tensor, torch.Tensor]) -> float:
     """Mean CE per target token over (inputs, targets)."""
-    x, y = blocks
+    x, y = (b.to(model.tok_embeddings.weight.device) for b in blocks)
     tot = n = 0
     for i in range(0, len(x), 32):
         k = int((y[i: i + 32] != -100).sum())
@@ -182,7 +187,7 @@ def run(args):
     tok = Tokenizer.load(args.tokenizer)
     lines, valid_lines = load_lines(args.text, tok, args.valid_fraction, args.seed)
     train, valid = text_blocks(lines, args.seq_len, tok.eos_id), text_blocks(valid_lines, args.seq_len, tok.eos_id)
-    model = Llama(llama_config(args, tok.vocab_size, tok.eos_id, tok.pad_id))
+    model = Llama(llama_config(args, tok.vocab_size, tok.eos_id, tok.pad_id)).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters, {len(train)} text blocks of {args.seq_len} tokens, "
           f"{args.copy_fraction:.0%} of each batch copy exercises")
@@ -195,7 +200,8 @@ def run(args):
         lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = lm_loss(model, *batch(step, train, lines, args, rng, g, tok.pad_id, tok.eos_id))
+        x, y = batch(step, train, lines, args, rng, g, tok.pad_id, tok.eos_id)
+        loss = lm_loss(model, x.to(args.device), y.to(args.device))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -4,6 +4,13 @@
 # Every stage is a plain command you can run alone; outputs go to data/synth/ and $RUN (runs/teach/); the shipped
 # model to $SHIP_TO (models/teach/) and samples to $SAMPLES_TO (samples/).
 set -euo pipefail
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then  # the header above is the manual
+    sed -n '2,/^set /{/^set /d;s/^# \{0,1\}//;p}' "$0"
+    exit 0
+elif [[ $# -gt 0 ]]; then
+    echo "$0: takes no arguments (set RUN, SHIP_TO, SAMPLES_TO in the environment; --help)" >&2
+    exit 2
+fi
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # 1 thread + 1 data worker: on 2 busy cores, 2 threads each thrash
 RUN=${RUN:-runs/teach}

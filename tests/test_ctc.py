@@ -241,5 +241,11 @@ def test_word_times_group_tokens_into_words():
     idx = word_index(decode, tokens, normalize)
     assert idx == [0, 0, 1, 1, 2]  # "!" joins the word before it
     words = word_times(["сәлем", "әлем", "бүгін"], idx, [(0, 1), (2, 3), (5, 6), (7, 7), (9, 12)], 0.04, 10.0)
-    assert words == [{"word": "сәлем", "start": 10.0, "end": 10.16}, {"word": "әлем", "start": 10.2, "end": 10.32},
-                     {"word": "бүгін", "start": 10.36, "end": 10.52}]
+    # ends: 3 frames (0.12 s) past the word's last spike, cut at the next word's first frame: 4+3 -> 5, 8+3 -> 9
+    assert words == [{"word": "сәлем", "start": 10.0, "end": 10.2}, {"word": "әлем", "start": 10.2, "end": 10.36},
+                     {"word": "бүгін", "start": 10.36, "end": 10.64}]
+    # a pause after a word: its end stops 0.12 s after its spike, not at the next word; the last word stops at
+    # the end of the audio
+    words = word_times(["сәлем", "әлем"], [0, 1], [(2, 2), (20, 21)], 0.04, n_frames=23)
+    assert [(w["start"], w["end"]) for w in words] == [(0.08, 0.24), (0.8, 0.92)]
+    assert word_times(["сәлем"], [0], None, 0.04) == [{"word": "сәлем", "start": None, "end": None}]
