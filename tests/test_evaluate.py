@@ -7,7 +7,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -43,6 +42,7 @@ def _write(path: Path, lines):
 
 
 def test_cli_json_matches_jiwer(tmp_path, capsys):
+    jiwer = pytest.importorskip("jiwer")  # dev-only reference (requirements-dev.txt)
     ref, hyp = _write(tmp_path / "ref.txt", REFS), _write(tmp_path / "hyp.txt", HYPS)
     code, stdout, err = _main(capsys, "--ref", ref, "--hyp", hyp, "--json")
     assert code == 0, err
@@ -59,7 +59,11 @@ def test_cli_json_matches_jiwer(tmp_path, capsys):
 def test_cli_no_normalize_and_text_report(tmp_path, capsys):
     ref, hyp = _write(tmp_path / "ref.txt", REFS), _write(tmp_path / "hyp.txt", HYPS)
     raw = json.loads(_main(capsys, "--ref", ref, "--hyp", hyp, "--json", "--no-normalize")[1])
-    assert raw["wer"] == pytest.approx(jiwer.wer(REFS, HYPS))        # "Сәлем," != "сәлем"
+    try:
+        import jiwer  # dev-only reference (requirements-dev.txt); without it, the report below is still tested
+        assert raw["wer"] == pytest.approx(jiwer.wer(REFS, HYPS))        # "Сәлем," != "сәлем"
+    except ImportError:
+        pass
     code, out, _ = _main(capsys, "--ref", ref, "--hyp", hyp, "--worst", "2")
     assert code == 0 and "WER" in out and "CER" in out and "95% CI" in out
     assert "REF: сәлем ӘЛЕМ" in out and "HYP: сәлем ЭЛЕМ" in out
