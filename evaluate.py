@@ -229,6 +229,8 @@ def read_pair(ref_path: str, hyp_path: str, layout: str = "auto") -> tuple[list[
         layout = "ids" if any("\t" in line for line in ref_lines + hyp_lines) else "lines"
     if layout == "ids":
         refs, hyps = _parse_ids(ref_path, ref_lines), _parse_ids(hyp_path, hyp_lines)
+        if hyps.keys() != refs.keys():
+            hyps = _by_file_name(refs, hyps)
         missing = [k for k in refs if k not in hyps]
         extra = [k for k in hyps if k not in refs]
         if missing:
@@ -240,6 +242,17 @@ def read_pair(ref_path: str, hyp_path: str, layout: str = "auto") -> tuple[list[
     if len(ref_lines) != len(hyp_lines):
         raise EvalInputError(f"{hyp_path}: {len(hyp_lines)} lines but {ref_path} has {len(ref_lines)}")
     return None, ref_lines, hyp_lines
+
+
+def _by_file_name(refs: dict, hyps: dict) -> dict:
+    """hyps keyed by the reference ids, matched by file name where the ids differ: decode.py prints the path it was
+    given (samples/sample1.wav), samples.tsv the file name (sample1.wav). Only when no file name is shared by two
+    ids on either side; else hyps as they were, and the mismatch is reported."""
+    name = lambda k: k.replace("\\", "/").rsplit("/", 1)[-1]  # noqa: E731
+    if len({name(k) for k in refs}) < len(refs) or len({name(k) for k in hyps}) < len(hyps):
+        return hyps
+    ref_id = {name(k): k for k in refs}
+    return {ref_id.get(name(k), k): text for k, text in hyps.items()}
 
 
 # --- scoring and reports --------------------------------------------------------------------

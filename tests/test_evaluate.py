@@ -80,6 +80,32 @@ def test_cli_ids_matched_in_any_order(tmp_path, capsys):
     assert ids == ["u0", "u1", "u2", "u3"] and hyps == HYPS
 
 
+def test_paths_are_matched_to_file_names_when_unambiguous(tmp_path, capsys):
+    """decode.py samples/*.wav prints samples/sample1.wav<TAB>text; samples.tsv is keyed sample1.wav."""
+    ref = _write(tmp_path / "ref.tsv", [f"s{k}.wav\t{t}" for k, t in enumerate(REFS)])
+    hyp = _write(tmp_path / "hyp.tsv", [f"samples/s{k}.wav\t{HYPS[k]}" for k in (2, 0, 3, 1)])
+    plain_ref, plain_hyp = _write(tmp_path / "r.txt", REFS), _write(tmp_path / "h.txt", HYPS)
+    code, out, err = _main(capsys, "--ref", ref, "--hyp", hyp, "--json")
+    assert code == 0, err
+    assert json.loads(out) == json.loads(_main(capsys, "--ref", plain_ref, "--hyp", plain_hyp, "--json")[1])
+    # two paths with one file name: no guessing, the mismatch is reported
+    hyp = _write(tmp_path / "hyp2.tsv", [f"a/s{k}.wav\t{h}" for k, h in enumerate(HYPS)] + [f"b/s0.wav\tx"])
+    code, _, err = _main(capsys, "--ref", ref, "--hyp", hyp)
+    assert code == 2 and "reference ids missing (first: 's0.wav')" in err
+
+
+@pytest.mark.slow  # decodes the ~60 s long1.wav too
+def test_scoring_the_shipped_samples_from_the_repo_root(tmp_path):
+    wavs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "samples").glob("*.wav"))
+    hyp = subprocess.run([sys.executable, "decode.py", *wavs], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert hyp.returncode == 0 and hyp.stdout.startswith("samples/"), hyp.stderr
+    (tmp_path / "hyp.tsv").write_text(hyp.stdout, encoding="utf-8")
+    out = _run("--ref", ROOT / "samples" / "samples.tsv", "--hyp", tmp_path / "hyp.tsv", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["n"] == len(wavs) == 4 and result["cer"] < 0.1  # the teaching model on its own voice
+
+
 @pytest.mark.parametrize("case, problem", [
     ("missing", "no such file"), ("count", "3 lines but"), ("ids", "reference ids missing"),
     ("extra", "ids not in"), ("dup", "appears twice"),
