@@ -116,6 +116,26 @@ class Transcriber:
         o = self.opt  # the rules every attention mode applies to the decoder's logits (reference: the release's)
         self.filters = logit_filters(o.repetition_penalty, o.no_repeat_ngram)
 
+    @classmethod
+    def from_folder(cls, folder=DEFAULT_MODEL, device="auto", dtype=torch.float32, **options) -> "Transcriber":
+        """A model folder -> its Transcriber: the folder's decoding defaults (config.json "decode", e.g. the teaching
+        model's 8 s windows), then `options` (DecodeOptions fields) over them, as `decode.py --model` does.
+
+            Transcriber.from_folder("models/teach").transcribe(["samples/sample1.wav"])[0]["text"]
+        """
+        from model import load_model, read_config, tokenizer_path
+
+        unknown = sorted(set(options) - {f.name for f in fields(DecodeOptions)})
+        if unknown:
+            raise TypeError(f"unknown decoding options: {', '.join(unknown)} (see DecodeOptions)")
+        known = {f.name for f in fields(DecodeOptions)}
+        defaults = {k: v for k, v in read_config(folder).get("decode", {}).items() if k in known}
+        tok = tokenizer_path(folder)
+        if tok is None:
+            raise ValueError(f"{folder}: the folder names no tokenizer")
+        return cls(load_model(folder, dtype=dtype), Tokenizer.load(tok), DecodeOptions(**{**defaults, **options}),
+                   device=pick_device(device), dtype=dtype)
+
     def _check(self, dtype):
         """Refuse options that cannot work with this model, in one line each (the CLI: exit status 2)."""
         o = self.opt

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from decode import DEFAULT_MODEL, main
@@ -91,3 +92,14 @@ def test_the_decoder_reads_the_shipped_samples_audio():
     data = SpeechDataset(rows, tok, level_dbfs=model.level_dbfs)
     r = listen(model, torch.utils.data.DataLoader(data, batch_size=8, collate_fn=collate), tok.eos_id)
     assert r["utterances"] == 3 and r["own"] < r["shuffled"] - 0.05, r
+
+
+def test_the_python_api_honours_the_folders_decoding_defaults():
+    from decode import Transcriber, load, parse_args
+    t = Transcriber.from_folder(DEFAULT_MODEL)
+    assert (t.opt.window, t.opt.overlap) == (8.0, 3.0)  # models/teach/config.json "decode", not 15 s / 5 s
+    assert Transcriber.from_folder(DEFAULT_MODEL, window=10.0, mode="ctc").opt.window == 10.0  # options win
+    assert t.opt == load(parse_args([str(SAMPLES / "sample1.wav")])).opt  # the same options as the command line
+    assert t.transcribe([str(SAMPLES / "sample1.wav")])[0]["text"] == references()["sample1.wav"]
+    with pytest.raises(TypeError, match="unknown decoding options: windw"):
+        Transcriber.from_folder(DEFAULT_MODEL, windw=8.0)
