@@ -131,6 +131,9 @@ PRESETS = {
 }
 
 
+CHOICES = {"stage": ("ctc", "e2e"), "encoder": tuple(ENCODER_PRESETS), "dtype": ("auto", "bfloat16", "float32")}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the loss
 
@@ -416,8 +419,7 @@ def prune_checkpoints(out, keep):
 
 def check_config(cfg: TrainConfig):
     """ValueError naming the first flag out of range (argparse checks only the type; nan passes it)."""
-    choices = dict(stage=("ctc", "e2e"), dtype=("auto", "bfloat16", "float32"), encoder=tuple(ENCODER_PRESETS))
-    for name, allowed in choices.items():
+    for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"--{name} {getattr(cfg, name)}: must be one of {', '.join(allowed)}")
     if cfg.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", cfg.device):
@@ -762,9 +764,6 @@ def train(cfg: TrainConfig):
     return model
 
 
-CHOICES = {"stage": ("ctc", "e2e"), "encoder": tuple(ENCODER_PRESETS), "dtype": ("auto", "bfloat16", "float32")}
-
-
 def parse_args(argv=None) -> TrainConfig:
     """The dataclass defaults, then the preset's values, then the flags given. --help shows the defaults of the
     preset named on the same line (`--preset teach --help`: the teaching model's)."""
@@ -783,9 +782,10 @@ def parse_args(argv=None) -> TrainConfig:
         if f.type is bool or f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:
-            metavar = {int: "N", float: "X"}.get(type(f.default))  # str flags keep their names (PATH-like)
-            p.add_argument(flag, type=type(f.default), default=None, choices=CHOICES.get(f.name), metavar=metavar,
-                           help=helptext)
+            # the choices are shown, and checked by check_config (one line, as every other bad value)
+            metavar = "{" + ",".join(CHOICES[f.name]) + "}" if f.name in CHOICES else \
+                {int: "N", float: "X"}.get(type(f.default))  # str flags keep their names (PATH-like)
+            p.add_argument(flag, type=type(f.default), default=None, metavar=metavar, help=helptext)
     a = vars(p.parse_args(argv))
     cfg = TrainConfig(**PRESETS[a.pop("preset")])
     for k, v in a.items():

@@ -82,7 +82,8 @@ def test_train_help_shows_the_named_presets_values():
     assert "--batch-size N utterances per micro-batch (per process) (default: 12)" in flat(release)
     assert "--batch-size N utterances per micro-batch (per process) (default: 32)" in flat(teach)
     assert "(default: 0.002)" in flat(teach) and "(default: 0.002)" not in flat(release)
-    assert "--stage {ctc,e2e}" in teach and "--device {auto,cpu,cuda}" in teach and "--encoder {300m,150m,teach,tiny}" in teach
+    assert "--stage {ctc,e2e}" in teach and "--dtype {auto,bfloat16,float32}" in teach
+    assert "--encoder {300m,150m,teach,tiny}" in teach and "auto (cuda when present, else cpu), cpu, cuda or cuda:N" in flat(teach)
     for text in (release, teach):
         entries = flat(text).split(" --")
         assert not [e for e in entries if e.count("(default:") > 1]
