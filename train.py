@@ -1,12 +1,18 @@
 """
 Train the speech recogniser: the joint CE/CTC recipe of SozKZ OmniAudio v2 (recipe §4, §7).
 
+    python train.py                 # the teaching model, stage 1: ctc on data/synth -> runs/teach/ctc/best
+    python train.py --stage e2e     # stage 2: e2e from runs/teach/ctc/best -> runs/teach/e2e/best (decode.py --model)
     python train.py --preset 300m --stage ctc --train train.jsonl --valid valid.jsonl --out runs/ctc
     python train.py --preset 300m --stage e2e --init runs/ctc/best --train ... --out runs/e2e
     torchrun --nproc_per_node 2 train.py ...          (DistributedDataParallel: NCCL on GPUs, gloo on CPU)
 
 Stages: `ctc` trains the encoder and CTC head on CTC alone; `e2e` starts from it and trains encoder, projector and
-CTC head on 0.7 CE + 0.3 CTC through the frozen Llama decoder. The original's flaws are fixed by default, each behind
+CTC head on 0.7 CE + 0.3 CTC through the frozen Llama decoder. With no flags, train.py is the teach preset's ctc
+stage (scripts/train_teaching_model.sh's): data/synth/{train,valid}.jsonl (made by `python data/prepare_synthetic.py
+all`), the shipped tokenizer and decoder in models/teach/, on CUDA with bfloat16 and batch 128 when there is a GPU,
+else on the CPU in float32, batch 32; `--stage e2e` is its second stage (from runs/teach/ctc/best, lr 1e-3, stopped at
+step 400 of 750 as the shipped model was). Every flag overrides; `--preset 300m` is the release's recipe. The original's flaws are fixed by default, each behind
 a flag (--no-masks --no-vocab-fix --label-smoothing 0 give back the original's maths):
   --masks           padding masks in encoder and decoder, true lengths for CTC (the original had none)
   --vocab-fix       decoder rows the base Llama lacks (ids >= 50257 in the release) are trainable; the rest stays frozen
@@ -49,6 +55,9 @@ from mel import LEVEL_DBFS
 from model import ASRModel, check_state_dict, decoder_path, extra_rows, load_model, save_model, write_model_files
 from run_folder import WRITE_ERRORS, Log, lock_out, release_out, remove_stale_temporaries, write_problem
 from tokenizer import BLANK_ID, Tokenizer
+
+
+REPO = Path(__file__).resolve().parent
 
 
 def arg(default, help):
@@ -129,6 +138,18 @@ PRESETS = {
                   # normalised away) kept for --no-level-norm runs, where it is what teaches level invariance
                   aug_reverb=0.3, aug_noise=0.5, aug_telephone=0.15, aug_gain=0.8, level_norm=True),
 }
+# what `python train.py` alone trains (the teach preset): its first stage, on the teaching data, with the shipped
+# tokenizer and frozen decoder
+PRESET_RUNS = {"teach": dict(stage="ctc", train=os.path.relpath(REPO / "data/synth/train.jsonl"),
+                             valid=os.path.relpath(REPO / "data/synth/valid.jsonl"),
+                             tokenizer=os.path.relpath(REPO / "models/teach/tokenizer.model"),
+                             decoder=os.path.relpath(REPO / "models/teach/decoder"), out="runs/teach/ctc")}
+# a preset's second stage: `python train.py --stage e2e` continues the teaching recipe from the ctc run's best/,
+# as scripts/train_teaching_model.sh does (the shipped model is step 400 of this 750-step schedule)
+STAGE_PRESETS = {("teach", "e2e"): dict(init="runs/teach/ctc/best", out="runs/teach/e2e", lr=1e-3, epochs=2,
+                                        stop_at=400)}
+TEACH_DATA = "python data/prepare_synthetic.py all"  # the command that makes data/synth/ (README: the teaching model)
+GPU_BATCH = dict(batch_size=128, lr=4e-3, num_workers=4)  # teach on CUDA: 4x the batch, 2x the rate (sqrt rule)
 
 
 CHOICES = {"stage": ("ctc", "e2e"), "encoder": tuple(ENCODER_PRESETS), "dtype": ("auto", "bfloat16", "float32")}
@@ -426,6 +447,10 @@ def check_config(cfg: TrainConfig):
         raise ValueError(f"--device {cfg.device}: must be auto, cpu, cuda or cuda:N")
     if not cfg.train or not cfg.tokenizer:
         raise ValueError("--train and --tokenizer are required")
+    for data in (cfg.train, cfg.valid):
+        if data and not Path(data).exists() and Path(data).resolve().parent == REPO / "data" / "synth":
+            raise ValueError(f"{data}: the teaching data are not made yet; make them with `{TEACH_DATA}` "
+                             "(README: the teaching model)")
     ranges = [  # written so that nan fails them: every comparison with nan is False
         ("batch_size", cfg.batch_size >= 1, ">= 1"), ("grad_accum", cfg.grad_accum >= 1, ">= 1"),
         ("lr", 0 < cfg.lr < math.inf, "> 0"), ("warmup", 0 <= cfg.warmup < 1, "in [0, 1)"),
@@ -764,17 +789,27 @@ def train(cfg: TrainConfig):
     return model
 
 
+def preset_values(preset: str, stage: str | None) -> dict:
+    """The values a preset sets, for the stage named (the teach preset's e2e stage has its own)."""
+    values = {**PRESETS[preset], **PRESET_RUNS.get(preset, {})}
+    values.update(STAGE_PRESETS.get((preset, stage or values.get("stage", "e2e")), {}))
+    return values
+
+
 def parse_args(argv=None) -> TrainConfig:
-    """The dataclass defaults, then the preset's values, then the flags given. --help shows the defaults of the
-    preset named on the same line (`--preset teach --help`: the teaching model's)."""
+    """The dataclass defaults, then the preset's values (for its stage), then the flags given. --help shows the
+    defaults of the preset and stage named on the same line (`--preset 300m --help`: the release's). With the
+    teach preset on a GPU, a bigger batch (GPU_BATCH) unless --batch-size is given."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", default="300m", choices=list(PRESETS))
-    preset = pre.parse_known_args(argv)[0].preset
-    base = TrainConfig(**PRESETS[preset])
+    pre.add_argument("--preset", default="teach", choices=list(PRESETS))
+    pre.add_argument("--stage", default=None)
+    known = pre.parse_known_args(argv)[0]
+    base = TrainConfig(**preset_values(known.preset, known.stage))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=preset, choices=list(PRESETS),
-                   help="300m: the released recipe (recipe §7); teach: the small CPU teaching model; the defaults "
-                        f"shown below are this preset's (now: {preset}; default: 300m)")
+    p.add_argument("--preset", default=known.preset, choices=list(PRESETS),
+                   help="teach: the small teaching model, on the teaching data (what `python train.py` alone "
+                        "trains); 300m: the released recipe (recipe §7); the defaults shown below are this preset's "
+                        f"(now: {known.preset}; default: teach)")
     for f in fields(TrainConfig):
         flag, value = "--" + f.name.replace("_", "-"), getattr(base, f.name)
         shown = ("on" if value else "off") if isinstance(value, bool) else (value if value != "" else "none")
@@ -787,10 +822,13 @@ def parse_args(argv=None) -> TrainConfig:
                 {int: "N", float: "X"}.get(type(f.default))  # str flags keep their names (PATH-like)
             p.add_argument(flag, type=type(f.default), default=None, metavar=metavar, help=helptext)
     a = vars(p.parse_args(argv))
-    cfg = TrainConfig(**PRESETS[a.pop("preset")])
-    for k, v in a.items():
-        if v is not None:
-            setattr(cfg, k, v)
+    preset = a.pop("preset")
+    given = {k: v for k, v in a.items() if v is not None}
+    cfg = TrainConfig(**{**preset_values(preset, given.get("stage")), **given})
+    if preset == "teach" and cfg.device in ("auto", "cuda") and torch.cuda.is_available():
+        for k, v in GPU_BATCH.items():  # the teaching model is tiny: batch 32 would leave a GPU idle
+            if k not in given and not (k == "lr" and "batch_size" in given):
+                setattr(cfg, k, v)
     return cfg  # checked by check_config, so that train(cfg) called from python is checked too
 
 

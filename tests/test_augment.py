@@ -268,7 +268,7 @@ def test_level_norm_is_a_model_folder_option_used_by_decoding(tiny, tmp_path):
 # the presets
 
 def test_release_preset_is_unaugmented_and_teaching_preset_is_augmented():
-    release = T.parse_args(["--train", "t.jsonl", "--tokenizer", "t.model"])
+    release = T.parse_args(["--preset", "300m", "--train", "t.jsonl", "--tokenizer", "t.model"])
     assert (release.aug_reverb, release.aug_noise, release.aug_telephone, release.aug_gain) == (0, 0, 0, 0)
     assert not release.level_norm and release.spec_augment and release.speed_perturb  # recipe §1
     teach = T.parse_args(["--preset", "teach", "--train", "t.jsonl", "--tokenizer", "t.model"])

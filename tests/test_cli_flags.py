@@ -35,7 +35,7 @@ def commands(manifest, tmp):
         "plot": ["plot.py", SAMPLE, "--out", tmp / "p.png"],
         "listen": ["listen.py", "--manifest", manifest],
         "train_lm": ["train_lm.py", "--text", manifest, "--tokenizer", TOKENIZER, "--out", tmp / "lm"],
-        "train": ["train.py", "--train", manifest, "--tokenizer", TOKENIZER, "--decoder", ROOT / "models/teach/decoder",
+        "train": ["train.py", "--train", manifest, "--valid", "", "--tokenizer", TOKENIZER,
                   "--out", tmp / "run"],
     }
 
@@ -77,7 +77,7 @@ def test_timestamps_need_jsonl():
 
 
 def test_train_help_shows_the_named_presets_values():
-    release, teach = run("train.py", "--help").stdout, run("train.py", "--preset", "teach", "--help").stdout
+    release, teach = run("train.py", "--preset", "300m", "--help").stdout, run("train.py", "--help").stdout
     flat = lambda text: " ".join(text.split())  # noqa: E731 (argparse wraps lines)
     assert "--batch-size N utterances per micro-batch (per process) (default: 12)" in flat(release)
     assert "--batch-size N utterances per micro-batch (per process) (default: 32)" in flat(teach)
@@ -87,6 +87,28 @@ def test_train_help_shows_the_named_presets_values():
     for text in (release, teach):
         entries = flat(text).split(" --")
         assert not [e for e in entries if e.count("(default:") > 1]
+
+
+def test_plain_train_py_is_the_teaching_recipe(tmp_path):
+    """No flags: the teach preset's ctc stage on data/synth with the shipped tokenizer and decoder; --stage e2e
+    continues from its best/; any flag overrides; missing teaching data name the command that makes them."""
+    import train as T
+    cfg = T.parse_args([])
+    assert (cfg.stage, cfg.encoder, cfg.out, cfg.init) == ("ctc", "teach", "runs/teach/ctc", "")
+    assert Path(cfg.train).resolve() == ROOT / "data/synth/train.jsonl"
+    assert Path(cfg.tokenizer).resolve() == ROOT / "models/teach/tokenizer.model"
+    assert Path(cfg.decoder).resolve() == ROOT / "models/teach/decoder"
+    e2e = T.parse_args(["--stage", "e2e"])
+    assert (e2e.init, e2e.out, e2e.lr, e2e.epochs, e2e.stop_at) == ("runs/teach/ctc/best", "runs/teach/e2e", 1e-3, 2, 400)
+    assert T.parse_args(["--stage", "e2e", "--lr", "5e-4", "--out", "x"]).lr == 5e-4
+    assert T.parse_args(["--batch-size", "4"]).batch_size == 4
+    assert T.parse_args(["--preset", "300m", "--train", "t", "--tokenizer", "t"]).batch_size == 12
+    if (ROOT / "data" / "synth" / "train.jsonl").exists():
+        pytest.skip("the teaching data are made here")
+    out = run("train.py", "--out", tmp_path / "run")
+    assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "python data/prepare_synthetic.py all" in out.stderr and "train.jsonl" in out.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_teaching_pipeline_script_prints_help_instead_of_running(tmp_path):

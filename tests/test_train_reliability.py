@@ -46,8 +46,8 @@ def config(tiny, data, out, **kw):
 
 
 def cli(cfg):
-    """The train.py flags that give `cfg`."""
-    args = []
+    """The train.py flags that give `cfg` (the release preset: it sets nothing these flags do not)."""
+    args = ["--preset", "300m"]
     for f in fields(T.TrainConfig):
         value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
