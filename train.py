@@ -217,6 +217,23 @@ def window_counts(window, device, ddp=False, world=1):
     return (counts / world).tolist()
 
 
+# seconds an optimiser step of 32 teaching-preset clips took on one CPU thread with one data worker (2 busy cores,
+# augmentation on); a run's own pace shows in the bar after a few steps
+CPU_STEP_SECONDS = {"ctc": 2.2, "e2e": 4.2}
+
+
+def expected_time(cfg: TrainConfig, device: str, step: int, end: int, world: int) -> str:
+    """'expect about 55 min (...)': the plan line's time for steps step..end, from CPU_STEP_SECONDS where it
+    applies (the teaching encoder on one CPU process)."""
+    left = end - step
+    if cfg.encoder != "teach" or not device.startswith("cpu") or world > 1:
+        return f"{left} steps to go: the bar shows the time once a few are done"
+    seconds = left * CPU_STEP_SECONDS[cfg.stage] * cfg.batch_size * cfg.grad_accum / 32
+    took = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+    return (f"expect about {took} for {left} steps ({CPU_STEP_SECONDS[cfg.stage]:g} s a step of 32 on one CPU "
+            "thread; the bar shows this machine's pace)")
+
+
 def get_lr(step, cfg: TrainConfig, max_steps):
     """Linear warm-up over the first `warmup` of the steps, then linear decay to 0 (as the original's scheduler)."""
     warm = int(cfg.warmup * max_steps)
@@ -676,7 +693,8 @@ class Progress:
                        ce=stats["ce"] / max(1, n_tokens), ctc=stats["ctc"] / max(1, n_items),
                        grad_norm=float(grad_norm), utt_per_s=self.utts / (time.time() - self.t0),
                        bad_rows=self.bad_rows)
-            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", ce=f"{rec['ce']:.3f}", ctc=f"{rec['ctc']:.3f}",
+            parts = dict(ce=f"{rec['ce']:.3f}") if cfg.stage == "e2e" else {}  # ctc: there is no CE
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", **parts, ctc=f"{rec['ctc']:.3f}",
                                  lr=f"{lr:.2e}", utt_s=f"{rec['utt_per_s']:.1f}")
             self.bar.update(1)
             if step % cfg.log_every == 0 or step == max_steps:
@@ -709,6 +727,10 @@ class Progress:
 
     def close(self, step: int):
         self.bar.close()
+        if self.proc.master and not (self.out / "best").exists():  # no validation ran: best/ is the last step
+            save_model(self.run["model"], self.out / "best", tokenizer=self.cfg.tokenizer,
+                       decoder=self.cfg.decoder or None,
+                       extra_config=dict(stage=self.cfg.stage, step=step, best="the last step (no validation)"))
         if self.proc.master:
             release_out(self.out)
             print(f"done: {step} steps, {self.bad_rows} bad rows skipped, checkpoints in {self.out}")
@@ -741,9 +763,11 @@ def start_run(cfg: TrainConfig, proc: Processes) -> dict:
             raise ValueError(f"{out}: the run is at step {step} already; raise --max-steps or --stop-at to go on")
     if proc.master:
         n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
+        dtype = "float32" if isinstance(proc.ctx, nullcontext) else str(proc.ctx.fast_dtype).removeprefix("torch.")
+        print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances of {cfg.train} "
               f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
-              f"{max_steps} steps, device {proc.device}")
+              f"{max_steps} steps of {cfg.batch_size * cfg.grad_accum * proc.world} on {proc.device} {dtype} into "
+              f"{out}; " + expected_time(cfg, proc.device, step, end, proc.world))
     return dict(tokenizer=tokenizer, model=model, objective=objective, optimizer=optimizer, out=out, step=step,
                 pos=pos, best=best, end=end, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
                 valid_set=valid_set, data=batches_forever(loader, sampler, train_set, pos))

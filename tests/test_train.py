@@ -11,6 +11,7 @@ import torch
 import train as T
 from dataset import collate, open_dataset
 from decoder import Llama, LlamaConfig, load_llama, save_llama
+from model import load_model
 from tokenizer import Tokenizer, train_sentencepiece
 from train_lm import copy_exercise, lm_loss, load_lines, text_blocks
 
@@ -236,3 +237,15 @@ def test_listen_pairs_each_text_with_another_utterances_audio(setup):
                          n_mels=model.encoder.cfg.n_mels)
     r = listen(model, torch.utils.data.DataLoader(same, batch_size=4, collate_fn=collate), 0)
     assert abs(r["shuffled"] - r["own"]) < 1e-5  # every item's audio the same: shuffling changes nothing
+
+
+def test_a_run_says_its_plan_shows_no_ce_in_the_ctc_stage_and_always_leaves_best(setup, tmp_path, capsys):
+    capsys.readouterr()
+    T.train(config(setup, tmp_path / "ctc", stage="ctc", max_steps=3, eval_every=0))  # no --valid: no validation
+    out = capsys.readouterr().out
+    plan = out.splitlines()[0]
+    assert plan.startswith("ctc: ") and "3 steps of 4 on cpu float32 into" in plan and "steps to go" in plan
+    assert "ctc=" in out and "ce=" not in out.replace("ctc=", "")  # the bar: no CE column without a decoder
+    best = json.loads((tmp_path / "ctc" / "best" / "config.json").read_text())
+    assert (best["step"], best["best"]) == (3, "the last step (no validation)")
+    assert load_model(tmp_path / "ctc" / "best").vocab_size > 0
