@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--hyp", help="with --ref: hypothesis file, in the same layout as --ref")
     what.add_argument("--layout", choices=["auto", "ids", "lines"], default="auto",
                       help="with --ref: ids = id<TAB>text lines matched by id (a line with no tab is an id with "
-                           "an empty text); lines = line k against line k; auto = ids when any line of either "
+                           "an empty text; paths and file names are matched by file name when none is shared: "
+                           "decode.py's samples/x.wav meets samples.tsv's x.wav); lines = line k against line k; auto = ids when any line of either "
                            "file has a tab (default: auto)")
     what.add_argument("--no-normalize", action="store_true",
                       help="with --ref: score the texts as they are (default: normalise both, recipe §5; decoding "
