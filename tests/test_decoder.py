@@ -9,7 +9,11 @@ from safetensors.torch import load_file, save_file
 
 from decoder import Llama, LlamaConfig, load_llama, save_llama
 
-transformers = pytest.importorskip("transformers")
+
+
+def hf():
+    """transformers, the dev-only reference (requirements-dev.txt): without it only the tests that use it skip."""
+    return pytest.importorskip("transformers")
 
 
 def randomise(model, seed=0):
@@ -26,12 +30,12 @@ def randomise(model, seed=0):
 
 def hf_llama(folder, tie=True, kv_heads=4, theta=10000.0, vocab=300, **save_kwargs):
     """A tiny random transformers Llama saved to folder; returns the HF model (eager attention, eval mode)."""
-    cfg = transformers.LlamaConfig(
+    cfg = hf().LlamaConfig(
         vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=kv_heads, rms_norm_eps=1e-6, rope_theta=theta, tie_word_embeddings=tie,
         max_position_embeddings=128, bos_token_id=0, eos_token_id=0, pad_token_id=1)
     torch.manual_seed(0)
-    model = randomise(transformers.LlamaForCausalLM(cfg)).eval()
+    model = randomise(hf().LlamaForCausalLM(cfg)).eval()
     model.config._attn_implementation = "eager"  # softmax written out: the more independent reference
     model.save_pretrained(folder, **save_kwargs)
     return model
@@ -189,9 +193,9 @@ def test_stored_lm_head_is_ignored_when_tied(tmp_path):
 
 
 def test_unsupported_configs_are_refused(tmp_path):
-    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+    cfg = hf().LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                                    num_attention_heads=4, rope_scaling={"rope_type": "linear", "factor": 2.0})
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+    hf().LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="rope") as e:
         load_llama(tmp_path)
     assert "config.json" in str(e.value)
@@ -220,7 +224,7 @@ def test_save_llama_round_trip(tmp_path, tie):
     assert sorted(os.listdir(tmp_path)) == ["out"]
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["vocab_size"] == 320 and config["architectures"] == ["LlamaForCausalLM"]
-    ref = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    ref = hf().LlamaForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     back = load_llama(tmp_path / "out")
     assert back.vocab_size == 320 and back.config.rope_theta == 500000.0
     x = torch.randn(2, 10, 64)
