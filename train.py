@@ -764,10 +764,10 @@ def start_run(cfg: TrainConfig, proc: Processes) -> dict:
     if proc.master:
         n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         dtype = "float32" if isinstance(proc.ctx, nullcontext) else str(proc.ctx.fast_dtype).removeprefix("torch.")
-        print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances of {cfg.train} "
-              f"({train_set.skipped} skipped, {train_set.unreadable} unreadable), {steps_per_epoch} steps/epoch, "
-              f"{max_steps} steps of {cfg.batch_size * cfg.grad_accum * proc.world} on {proc.device} {dtype} into "
-              f"{out}; " + expected_time(cfg, proc.device, step, end, proc.world))
+        print(f"{cfg.stage}: {n_trained / 1e6:.2f}M trained parameters, {len(train_set)} utterances "
+              f"({train_set.skipped} skipped, {train_set.unreadable} unreadable) of {cfg.train}, "
+              f"{steps_per_epoch} steps/epoch, {max_steps} steps of {cfg.batch_size * cfg.grad_accum * proc.world} "
+              f"on {proc.device} {dtype} into {out}; " + expected_time(cfg, proc.device, step, end, proc.world))
     return dict(tokenizer=tokenizer, model=model, objective=objective, optimizer=optimizer, out=out, step=step,
                 pos=pos, best=best, end=end, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
                 valid_set=valid_set, data=batches_forever(loader, sampler, train_set, pos))

@@ -380,7 +380,8 @@ def test_a_full_disk_names_the_checkpoint_and_leaves_the_earlier_ones_intact(tin
                           capture_output=True, text=True, timeout=300)
     one_line_error(proc, tmp_path / "out" / "checkpoint-2", "No space left on device", "earlier ones are intact")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out" / "checkpoint-1").iterdir()} == before
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", "log.jsonl", "train.lock"]
+    # best/ is the first session's (it had no validation: its last step)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["best", "checkpoint-1", "log.jsonl", "train.lock"]
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
@@ -402,7 +403,8 @@ def test_temporaries_of_a_killed_run_are_removed_and_a_half_renamed_checkpoint_p
         (out / stale / "model.safetensors").write_bytes(b"half")
     (out / ".bad_rows.tsv.tmp-999").write_text("half")
     T.train(replace(cfg, resume=True, stop_at=2))
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1", "checkpoint-2", "log.jsonl", "train.lock"]
+    assert sorted(p.name for p in out.iterdir()) == ["best", "checkpoint-1", "checkpoint-2", "log.jsonl",
+                                                      "train.lock"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
