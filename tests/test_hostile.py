@@ -160,15 +160,16 @@ LM_FLAGS = [("--dim=-32", "--dim -32: must be in [2, 65536]"), ("--n-heads=3", "
 
 
 @pytest.mark.parametrize("flag,says", LM_FLAGS, ids=[f for f, _ in LM_FLAGS])
-def test_train_lm_flags_out_of_range_are_one_line(tiny, tmp_path, flag, says):
+def test_train_lm_flags_out_of_range_are_one_line(tiny, tmp_path, capsys, flag, says):
     import train_lm
     (tmp_path / "lm.txt").write_text("бір екі үш\nтөрт бес\n" * 20, encoding="utf-8")
     argv = ["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--out", str(tmp_path / "lm"),
             "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-dim", "64", "--seq-len", "16", "--steps", "1"]
     with pytest.raises(SystemExit) as e:
         train_lm.main(argv + [flag])
-    assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and says in e.value.code
-    assert "\n" not in e.value.code and not (tmp_path / "lm").exists()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: ") and says in err  # exit 2: bad input, as train.py
+    assert "\n" not in err and not (tmp_path / "lm").exists()
 
 
 def test_train_lm_with_no_training_lines_is_an_error(tiny, tmp_path):
