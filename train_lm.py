@@ -99,7 +99,7 @@ def main(argv=None):
     p.add_argument("--ffn-dim", type=int, default=512, help="SwiGLU hidden size (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training block (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=700, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, cosine decay (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: %(default)s)")
     p.add_argument("--valid-fraction", type=float, default=0.02, help="lines held out (default: %(default)s)")
