@@ -829,15 +829,17 @@ def parse_args(argv=None) -> TrainConfig:
     pre.add_argument("--stage", default=None)
     known = pre.parse_known_args(argv)[0]
     base = TrainConfig(**preset_values(known.preset, known.stage))
+    release = TrainConfig(**preset_values("300m", known.stage))  # shown beside another preset's values
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=known.preset, choices=list(PRESETS),
                    help="teach: the small teaching model, on the teaching data (what `python train.py` alone "
                         "trains); 300m: the released recipe (recipe §7); the defaults shown below are this preset's "
                         f"(now: {known.preset}; default: teach)")
+    show = lambda v: ("on" if v else "off") if isinstance(v, bool) else (v if v != "" else "none")  # noqa: E731
     for f in fields(TrainConfig):
-        flag, value = "--" + f.name.replace("_", "-"), getattr(base, f.name)
-        shown = ("on" if value else "off") if isinstance(value, bool) else (value if value != "" else "none")
-        helptext = f"{f.metadata['help']} (default: {shown})".replace("%", "%%")
+        flag, value, theirs = "--" + f.name.replace("_", "-"), getattr(base, f.name), getattr(release, f.name)
+        also = f"; released recipe: {show(theirs)}" if known.preset != "300m" and theirs != value else ""
+        helptext = f"{f.metadata['help']} (default: {show(value)}{also})".replace("%", "%%")
         if f.type is bool or f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         else:

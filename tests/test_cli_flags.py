@@ -80,8 +80,10 @@ def test_train_help_shows_the_named_presets_values():
     release, teach = run("train.py", "--preset", "300m", "--help").stdout, run("train.py", "--help").stdout
     flat = lambda text: " ".join(text.split())  # noqa: E731 (argparse wraps lines)
     assert "--batch-size N utterances per micro-batch (per process) (default: 12)" in flat(release)
-    assert "--batch-size N utterances per micro-batch (per process) (default: 32)" in flat(teach)
-    assert "(default: 0.002)" in flat(teach) and "(default: 0.002)" not in flat(release)
+    # another preset's values come with the released recipe's beside them
+    assert "--batch-size N utterances per micro-batch (per process) (default: 32; released recipe: 12)" in flat(teach)
+    assert "(default: 0.002; released recipe: 0.0002)" in flat(teach) and "0.002" not in flat(release)
+    assert "--clip X gradient-norm clipping (default: 1.0)" in flat(teach)  # the same in both: said once
     assert "--stage {ctc,e2e}" in teach and "--dtype {auto,bfloat16,float32}" in teach
     assert "--encoder {300m,150m,teach,tiny}" in teach and "auto (cuda when present, else cpu), cpu, cuda or cuda:N" in flat(teach)
     for text in (release, teach):
