@@ -457,7 +457,7 @@ def read_results(path: str) -> dict[str, tuple[str, str]]:
         try:
             row = json.loads(line)
             key, ref, hyp = str(row["id"] if "id" in row else row["audio"]), row["ref"], row["hyp"]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):  # ValueError: JSONDecodeError too
             raise EvalInputError(f"{path}: line {lineno} is not a result line (JSON with id, ref, hyp)") from None
         if key in out:
             raise EvalInputError(f"{path}: utterance {key!r} appears twice")

@@ -249,7 +249,7 @@ def read_log(path) -> list[dict]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError; too many digits; nested too deep
             raise LogError(f"{path}:{n}: not a JSON line") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
             raise LogError(f"{path}:{n}: not a train.py log record (no integer step)")

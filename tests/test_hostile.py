@@ -198,3 +198,31 @@ def test_listen_names_each_unreadable_row_and_exits_1(tiny, tmp_path, capsys):
     assert err.splitlines() == [f"listen.py: {tmp_path / 'm.jsonl'}:2: {tmp_path / 'pipe.wav'}: is a FIFO, not a "
                                 "regular file", f"listen.py: {tmp_path / 'm.jsonl'}:3: /dev/zero: is a device, not a "
                                 "regular file"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSON that json.loads refuses with other errors than JSONDecodeError: nesting too deep, integers too long
+
+DEEP, LONG_INT = "[" * 100_000 + "]" * 100_000, '{"vocab_size": 1' + "0" * 5000 + "}"
+
+
+@pytest.mark.parametrize("text,says", [(DEEP, "nested too deeply"), (LONG_INT, "Exceeds the limit (4300 digits)")], ids=["deep", "int"])
+def test_json_that_python_cannot_hold_is_one_line_naming_the_file(tiny, tmp_path, capsys, text, says):
+    folder = shutil.copytree(tiny.folder, tmp_path / "m")
+    (folder / "config.json").write_text(text)
+    assert decode.main(["--model", str(folder), "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'config.json'}: not JSON we read ({says}" in one_line(err)
+    manifest = tmp_path / "m.jsonl"  # a manifest line, and a log line for plot.py, alike
+    manifest.write_text(json.dumps({"audio_filepath": "a.wav", "text": "бір"}) + "\n" + text + "\n")
+    assert evaluate.main(["--manifest", str(manifest), "--model", str(tiny.folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"{manifest}:2: not JSON we read ({says}" in one_line(err)
+    import plot
+    assert plot.main(["--log", str(manifest), "--out", str(tmp_path / "c.png")]) == 1
+    assert f"{manifest}:1: not a train.py log record" in one_line(capsys.readouterr().err)
+    manifest.write_text(text + "\n")
+    assert plot.main(["--log", str(manifest), "--out", str(tmp_path / "c.png")]) == 1
+    assert f"{manifest}:1: not a JSON line" in one_line(capsys.readouterr().err)
+    assert evaluate.main(["--compare", str(manifest), str(manifest)]) == 2
+    assert f"{manifest}: line 1 is not a result line" in one_line(capsys.readouterr().err)
