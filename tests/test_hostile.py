@@ -226,3 +226,12 @@ def test_json_that_python_cannot_hold_is_one_line_naming_the_file(tiny, tmp_path
     assert f"{manifest}:1: not a JSON line" in one_line(capsys.readouterr().err)
     assert evaluate.main(["--compare", str(manifest), str(manifest)]) == 2
     assert f"{manifest}: line 1 is not a result line" in one_line(capsys.readouterr().err)
+
+
+def test_plot_log_that_is_a_fifo_or_a_device_is_refused_before_it_is_read(tmp_path):
+    fifo = tmp_path / "log.jsonl"
+    os.mkfifo(fifo)  # read_text waited forever for a writer; /dev/zero filled the memory
+    for path, kind in ((fifo, "a FIFO"), ("/dev/zero", "a device")):
+        rc, out, err = python(f"import sys, plot; sys.exit(plot.main(['--log', {str(path)!r}, '--out', "
+                              f"{str(tmp_path / 'c.png')!r}]))")
+        assert rc == 1 and one_line(err) == f"plot.py: {path}: is {kind}, not a regular file"
