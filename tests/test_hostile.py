@@ -235,3 +235,13 @@ def test_plot_log_that_is_a_fifo_or_a_device_is_refused_before_it_is_read(tmp_pa
         rc, out, err = python(f"import sys, plot; sys.exit(plot.main(['--log', {str(path)!r}, '--out', "
                               f"{str(tmp_path / 'c.png')!r}]))")
         assert rc == 1 and one_line(err) == f"plot.py: {path}: is {kind}, not a regular file"
+
+
+@pytest.mark.parametrize("row,says", [('{"id": 1, "ref": 5, "hyp": null}', "not int and NoneType"),
+                                      ('{"id": "1", "ref": "бір", "hyp": ["x"]}', "not str and list"),
+                                      ('{"id": 1, "ref": NaN, "hyp": "a"}', "not float and str")])
+def test_compare_refuses_result_lines_whose_texts_are_not_strings(tmp_path, capsys, row, says):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": "0", "ref": "бір", "hyp": "бір"}\n' + row + "\n", encoding="utf-8")
+    assert evaluate.main(["--compare", str(path), str(path), "--bootstrap", "0"]) == 2
+    assert f"{path}: line 2: ref and hyp must be strings, {says}" in one_line(capsys.readouterr().err)
