@@ -61,6 +61,9 @@ def manifest_row(line, path, n):
         row = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"{where}: not JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; arrays nested thousands deep
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise ValueError(f"{where}: not JSON we read ({why})") from None
     if not isinstance(row, dict):
         raise ValueError(f"{where}: not a JSON object with audio_filepath, text, duration")
     for key in ("audio_filepath", "text"):

@@ -55,6 +55,9 @@ def read_json(path: str) -> dict:
         raise CheckpointError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     except UnicodeDecodeError:
         raise CheckpointError(f"{path}: not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; arrays nested thousands deep
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise CheckpointError(f"{path}: not JSON we read ({why})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(d, dict):

@@ -457,8 +457,11 @@ def read_results(path: str) -> dict[str, tuple[str, str]]:
         try:
             row = json.loads(line)
             key, ref, hyp = str(row["id"] if "id" in row else row["audio"]), row["ref"], row["hyp"]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError):  # ValueError: JSONDecodeError too
             raise EvalInputError(f"{path}: line {lineno} is not a result line (JSON with id, ref, hyp)") from None
+        if not (isinstance(ref, str) and isinstance(hyp, str)):  # 5, null, ["x"], NaN: no text to score
+            raise EvalInputError(f"{path}: line {lineno}: ref and hyp must be strings, not {type(ref).__name__} "
+                                 f"and {type(hyp).__name__}")
         if key in out:
             raise EvalInputError(f"{path}: utterance {key!r} appears twice")
         out[key] = (ref, hyp)

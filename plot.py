@@ -41,7 +41,7 @@ import longform  # noqa: E402
 from atomic import atomic_file  # noqa: E402
 from ctc import BLANK, ctc_greedy  # noqa: E402
 from decode import DEFAULT_MODEL, _load, add_decoding_args, load, search  # noqa: E402
-from mel import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioError, log_mel_spectrogram  # noqa: E402
+from mel import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE, AudioError, check_file, log_mel_spectrogram  # noqa: E402
 from model import decoder_prompt, predicting_positions  # noqa: E402
 from search import greedy_tokens, release_filters  # noqa: E402
 from tokenizer import normalize  # noqa: E402
@@ -239,7 +239,11 @@ def draw_utterance(d: dict):
 def read_log(path) -> list[dict]:
     """log.jsonl -> its records. A last line without its newline (a run still writing it) is left out."""
     try:
+        if Path(path).exists():  # (a missing one is read_text's "cannot read" below)
+            check_file(path)  # a FIFO would block the read forever and /dev/zero fill the memory
         text = Path(path).read_text(encoding="utf-8")
+    except AudioError as e:
+        raise LogError(str(e).replace("not an audio file", "not a log")) from None
     except (OSError, UnicodeDecodeError) as e:
         raise LogError(f"{path}: cannot read ({type(e).__name__}: {getattr(e, 'strerror', None) or e})") from None
     lines = text.split("\n")
@@ -249,7 +253,7 @@ def read_log(path) -> list[dict]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError; too many digits; nested too deep
             raise LogError(f"{path}:{n}: not a JSON line") from None
         if not isinstance(rec, dict) or not isinstance(rec.get("step"), int):
             raise LogError(f"{path}:{n}: not a train.py log record (no integer step)")

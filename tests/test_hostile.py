@@ -59,38 +59,44 @@ def test_a_fifo_or_device_in_a_training_manifest_is_an_unreadable_row_not_a_hang
 # a model folder's config.json is checked against its weights before anything of the config's size is allocated
 
 MEMORY_CAP = 3 << 30
-
-
-def decode_capped(*args, timeout=120):
-    """decode.py in a subprocess under a 3 GB address-space cap: (exit status, stdout, stderr)."""
-    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))  # noqa: E731
-    r = subprocess.run([sys.executable, str(ROOT / "decode.py"), *map(str, args)], capture_output=True, text=True,
-                       cwd=ROOT, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit)
-    return r.returncode, r.stdout, r.stderr
-
-
-def one_line(err: str) -> str:
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err.strip()
-
-
 CONFIG_LIES = [  # (edit of config.json, what the one line must say): each claims GBs the 0.2 MB weights lack
     (lambda c: c["encoder"].update(dim=1 << 16, n_heads=2), "ctc_head.weight (320, 64) != (320, 65536)"),
     (lambda c: c.update(vocab_size=1 << 24), "ctc_head.weight (320, 64) != (16777216, 64)"),
     (lambda c: c["encoder"].update(n_layers=10**6), "encoder.n_layers is 1000000, more than 1024"),
     (lambda c: c.update(vocab_size=10**12), "vocab_size 1000000000000 is not in 1..16777216"),
 ]
+# decode.main on each folder, in one process under the cap: [(status, stderr)] as JSON
+DECODE_EACH = """import contextlib, io, json, sys, decode
+out = []
+for folder in sys.argv[2:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = decode.main(["--model", folder, "--mode", "ctc", sys.argv[1]])
+    out.append((code, err.getvalue()))
+print(json.dumps(out))
+"""
 
 
-@pytest.mark.parametrize("edit,says", CONFIG_LIES, ids=["width", "vocab", "layers", "vocab-beyond-limit"])
-def test_a_config_claiming_sizes_its_weights_lack_is_one_line_in_bounded_memory(tiny, tmp_path, edit, says):
-    folder = shutil.copytree(tiny.folder, tmp_path / "m")
-    config = json.loads((folder / "config.json").read_text())
-    edit(config)
-    (folder / "config.json").write_text(json.dumps(config))
+def test_a_config_claiming_sizes_its_weights_lack_is_one_line_in_bounded_memory(tiny, tmp_path):
+    folders = []
+    for k, (edit, _) in enumerate(CONFIG_LIES):
+        folders.append(shutil.copytree(tiny.folder, tmp_path / f"m{k}"))
+        config = json.loads((folders[-1] / "config.json").read_text())
+        edit(config)
+        (folders[-1] / "config.json").write_text(json.dumps(config))
     sf.write(tmp_path / "a.wav", np.zeros(8000, np.float32), 16000)
-    rc, out, err = decode_capped("--model", folder, "--mode", "ctc", tmp_path / "a.wav")
-    assert rc == 2 and out == "" and says in one_line(err) and str(folder) in err, err
+    limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))  # noqa: E731
+    r = subprocess.run([sys.executable, "-c", DECODE_EACH, str(tmp_path / "a.wav"), *map(str, folders)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=limit)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for folder, (_, says), (code, err) in zip(folders, CONFIG_LIES, json.loads(r.stdout)):
+        assert code == 2 and says in one_line(err) and str(folder) in err, err
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -174,7 +180,7 @@ def test_train_lm_flags_out_of_range_are_one_line(tiny, tmp_path, capsys, flag, 
 
 def test_train_lm_with_no_training_lines_is_an_error(tiny, tmp_path):
     import train_lm
-    (tmp_path / "lm.txt").write_text("бір екі үш\n", encoding="utf-8")  # the one line is held out for validation
+    (tmp_path / "lm.txt").write_text("бір екі үш\n", encoding="utf-8")  # its one line is held out to validate
     with pytest.raises(ValueError, match="0 training and 1 validation lines"):
         train_lm.load_lines(str(tmp_path / "lm.txt"), tiny.tok, 0.02, 0)
 
@@ -190,7 +196,8 @@ def test_listen_names_each_unreadable_row_and_exits_1(tiny, tmp_path, capsys):
                  16000)
         rows.append({"audio_filepath": f"u{i}.wav", "text": text})
     os.mkfifo(tmp_path / "pipe.wav")
-    rows[1:1] = [{"audio_filepath": "pipe.wav", "text": "жеті"}, {"audio_filepath": "/dev/zero", "text": "сегіз"}]
+    rows[1:1] = [{"audio_filepath": "pipe.wav", "text": "жеті"},
+                 {"audio_filepath": "/dev/zero", "text": "сегіз"}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     assert listen.main(["--manifest", str(tmp_path / "m.jsonl"), "--model", str(tiny.folder)]) == 1
     out, err = capsys.readouterr()
@@ -198,3 +205,52 @@ def test_listen_names_each_unreadable_row_and_exits_1(tiny, tmp_path, capsys):
     assert err.splitlines() == [f"listen.py: {tmp_path / 'm.jsonl'}:2: {tmp_path / 'pipe.wav'}: is a FIFO, not a "
                                 "regular file", f"listen.py: {tmp_path / 'm.jsonl'}:3: /dev/zero: is a device, not a "
                                 "regular file"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# JSON that json.loads refuses with other errors than JSONDecodeError: nesting too deep, integers too long
+
+DEEP, LONG_INT = "[" * 100_000 + "]" * 100_000, '{"vocab_size": 1' + "0" * 5000 + "}"
+
+
+@pytest.mark.parametrize("text,says", [(DEEP, "nested too deeply"), (LONG_INT, "Exceeds the limit (4300 digits)")],
+                         ids=["deep", "int"])
+def test_json_that_python_cannot_hold_is_one_line_naming_the_file(tiny, tmp_path, capsys, text, says):
+    folder = shutil.copytree(tiny.folder, tmp_path / "m")
+    (folder / "config.json").write_text(text)
+    assert decode.main(["--model", str(folder), "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert f"{folder / 'config.json'}: not JSON we read ({says}" in one_line(err)
+    manifest = tmp_path / "m.jsonl"  # a manifest line, and a log line for plot.py, alike
+    manifest.write_text(json.dumps({"audio_filepath": "a.wav", "text": "бір"}) + "\n" + text + "\n")
+    assert evaluate.main(["--manifest", str(manifest), "--model", str(tiny.folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"{manifest}:2: not JSON we read ({says}" in one_line(err)
+    import plot
+    assert plot.main(["--log", str(manifest), "--out", str(tmp_path / "c.png")]) == 1
+    assert f"{manifest}:1: not a train.py log record" in one_line(capsys.readouterr().err)
+    manifest.write_text(text + "\n")
+    assert plot.main(["--log", str(manifest), "--out", str(tmp_path / "c.png")]) == 1
+    assert f"{manifest}:1: not a JSON line" in one_line(capsys.readouterr().err)
+    assert evaluate.main(["--compare", str(manifest), str(manifest)]) == 2
+    assert f"{manifest}: line 1 is not a result line" in one_line(capsys.readouterr().err)
+
+
+def test_plot_log_that_is_a_fifo_or_a_device_is_refused_before_it_is_read(tmp_path):
+    fifo = tmp_path / "log.jsonl"
+    os.mkfifo(fifo)  # read_text waited forever for a writer; /dev/zero filled the memory
+    out = str(tmp_path / "c.png")
+    rc, _, err = python(f"import plot; print([plot.main(['--log', p, '--out', {out!r}]) for p in ({str(fifo)!r}, "
+                        "'/dev/zero')])")
+    assert rc == 0 and err.strip().splitlines() == [f"plot.py: {fifo}: is a FIFO, not a regular file",
+                                                    "plot.py: /dev/zero: is a device, not a regular file"], err
+
+
+@pytest.mark.parametrize("row,says", [('{"id": 1, "ref": 5, "hyp": null}', "not int and NoneType"),
+                                      ('{"id": "1", "ref": "бір", "hyp": ["x"]}', "not str and list"),
+                                      ('{"id": 1, "ref": NaN, "hyp": "a"}', "not float and str")])
+def test_compare_refuses_result_lines_whose_texts_are_not_strings(tmp_path, capsys, row, says):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": "0", "ref": "бір", "hyp": "бір"}\n' + row + "\n", encoding="utf-8")
+    assert evaluate.main(["--compare", str(path), str(path), "--bootstrap", "0"]) == 2
+    assert f"{path}: line 2: ref and hyp must be strings, {says}" in one_line(capsys.readouterr().err)
