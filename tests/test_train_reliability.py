@@ -88,12 +88,15 @@ class Payload:
 
 def plant(path, marker, **tensors):
     """Save a dict holding a payload (beside real tensors) where the project expects a .pt, and check it is live."""
-    torch.save({**tensors, "payload": Payload(marker)}, path)
+    torch.save({"payload": Payload(marker), **tensors}, path)  # first: unpickled before any tensor
     with zipfile.ZipFile(path) as z:  # a plain unpickling of the file's data.pkl does run it: the tests can fail
         pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     unpickler = pickle.Unpickler(io.BytesIO(pkl))
-    unpickler.persistent_load = lambda pid: None  # tensor storages: not needed to reach the payload
-    unpickler.load()
+    unpickler.persistent_load = lambda pid: None  # no storages: tensors after the payload may fail to rebuild
+    try:
+        unpickler.load()
+    except Exception:
+        pass  # the payload, first in the file, has run by then (the marker shows it)
     assert marker.exists()
     marker.unlink()
 
