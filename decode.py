@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 import longform
 from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_index, word_times
 from decoder import DEVICES, pick_device
@@ -459,7 +460,7 @@ def load(args) -> Transcriber:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         description="Transcribe Kazakh speech with a SozKZ ASR model (the teaching model by default, or the "
                     "released checkpoint-92000). Prints the normalised transcript (recipe §5).",
         epilog="Files longer than --window are transcribed whole in overlapping windows (not in reference mode, "

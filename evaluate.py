@@ -41,6 +41,7 @@ from tqdm import tqdm
 import dataset
 import decode
 from atomic import atomic_file
+import cli
 from longform import audio_info
 from mel import AudioError, check_file
 from tokenizer import normalize
@@ -508,7 +509,7 @@ def format_compare(c: dict, path_a: str, path_b: str) -> str:
 # --- command line ----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         description="Corpus WER/CER (recipe §10): of hypothesis files, of a model decoding a manifest or FLEURS, "
                     "or two decoding runs compared.",
         epilog="Decoding runs: a row whose audio is missing or unreadable is reported on stderr (one line), "

@@ -24,6 +24,7 @@ import sys
 
 import torch
 
+import cli
 from dataset import SpeechDataset, audio_problem, collate, read_manifest
 from decoder import DEVICES, pick_device
 from tokenizer import Tokenizer
@@ -102,7 +103,7 @@ def readable_rows(rows, manifest) -> tuple[list, int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True, help="JSONL manifest (audio_filepath, text) of the utterances to test")
     p.add_argument("--model", default="models/teach", help="model folder (default: %(default)s, the teaching model)")
     p.add_argument("--decoder", default=None, help="decoder folder, if not the one the model folder names")

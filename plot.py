@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import cli  # noqa: E402
 import longform  # noqa: E402
 from atomic import atomic_file  # noqa: E402
 from ctc import BLANK, ctc_greedy  # noqa: E402
@@ -326,7 +327,7 @@ def save_figure(fig, out):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         description="Draw what the model does with one audio file (spectrogram and words, CTC posteriors, the "
                     "decoder's attention), or the training curves of a run's log.jsonl.",
         epilog="Exit status: 0 drawn, 1 the audio or log could not be read or the picture written (one line on "

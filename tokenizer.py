@@ -188,8 +188,10 @@ def train_sentencepiece(text_file: str, model_prefix: str, vocab_size: int, mode
 def main(argv=None):
     """`python tokenizer.py --text lm.txt --vocab-size 1024 --out runs/teach/tokenizer`: train a sentencepiece model."""
     import argparse
+
+    import cli
     import sys
-    p = argparse.ArgumentParser(description="Train a sentencepiece tokenizer with the release's id layout "
+    p = cli.ArgumentParser(description="Train a sentencepiece tokenizer with the release's id layout "
                                             "(eos/blank 0, pad 1, bos 2, unk 3) on normalised text.")
     p.add_argument("--text", required=True, help="normalised text, one sentence a line")
     p.add_argument("--out", required=True, help="output prefix: writes OUT.model and OUT.vocab")

@@ -48,6 +48,7 @@ from tqdm import tqdm
 
 from atomic import atomic_folder, write_text
 from augment import AugmentConfig
+import cli
 from dataset import BatchSampler, collate, open_dataset
 from decoder import CheckpointError, load_llama, pick_device, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
@@ -824,13 +825,13 @@ def parse_args(argv=None) -> TrainConfig:
     """The dataclass defaults, then the preset's values (for its stage), then the flags given. --help shows the
     defaults of the preset and stage named on the same line (`--preset 300m --help`: the release's). With the
     teach preset on a GPU, a bigger batch (GPU_BATCH) unless --batch-size is given."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = cli.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="teach", choices=list(PRESETS))
     pre.add_argument("--stage", default=None)
     known = pre.parse_known_args(argv)[0]
     base = TrainConfig(**preset_values(known.preset, known.stage))
     release = TrainConfig(**preset_values("300m", known.stage))  # shown beside another preset's values
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=known.preset, choices=list(PRESETS),
                    help="teach: the small teaching model, on the teaching data (what `python train.py` alone "
                         "trains); 300m: the released recipe (recipe §7); the defaults shown below are this preset's "

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import cli
 from decoder import DEVICES, Llama, LlamaConfig, pick_device, save_llama
 from tokenizer import Tokenizer
 
@@ -87,7 +88,7 @@ def lm_loss(model, inputs, targets):  # (B, T) token ids; targets -100 where not
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", required=True, help="training text, one normalised segment a line")
     p.add_argument("--tokenizer", required=True, help="sentencepiece .model (its ids are the LM's vocabulary)")
     p.add_argument("--out", required=True, help="output folder: config.json + model.safetensors (HF Llama format)")

@@ -71,6 +71,7 @@ import soundfile as sf
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 from atomic import atomic_path, write_text  # noqa: E402
+import cli  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, however this file is loaded
 import kk_numbers  # noqa: E402
 import kk_templates  # noqa: E402
@@ -850,7 +851,7 @@ def add_degraded_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     stages = parser.add_subparsers(dest="stage", required=True)
     for name, help_, adders in [("text", "Debian kk translations -> clean normalised sentences", [add_text_args]),

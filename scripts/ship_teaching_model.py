@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cli  # noqa: E402
 from model import load_model, save_model, tokenizer_path  # noqa: E402
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="trained model folder (e.g. runs/teach/e2e/best)")
     p.add_argument("--out", default="models/teach", help="where the shipped model goes (default: %(default)s)")
     p.add_argument("--test", default="data/synth/test.jsonl", help="held-out manifest to take samples from")

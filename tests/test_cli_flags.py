@@ -131,3 +131,21 @@ def test_train_lm_defaults_are_the_teaching_lm():
                         ("--steps", 1000)]:
         shown = re.search(rf" {flag} [A-Z_]+ [^(]*(?:\([^d][^)]*\)[^(]*)*\(default: ([^)]*)\)", flat)
         assert shown and shown[1] == str(value), (flag, shown and shown[0])
+
+
+@pytest.mark.parametrize("argv", [
+    ["decode.py", "--beam-size", "1e9", "samples/sample1.wav"],
+    ["evaluate.py", "--ref", "a.txt", "--hyp", "b.txt", "--bootstrap", "many"],
+    ["listen.py", "--manifest", "m.jsonl", "--batch-size", "2.5"],
+    ["plot.py", "samples/sample1.wav", "--out", "x.png", "--layer", "one"],
+    ["train.py", "--stop-at", "nan"],
+    ["train_lm.py", "--text", "t", "--tokenizer", "t", "--out", "o", "--steps", "1e3"],
+    ["tokenizer.py", "--text", "t", "--out", "o", "--vocab-size", "big"],
+    ["data/prepare_synthetic.py", "nonsense"],
+])
+def test_a_flag_argparse_cannot_read_is_one_line_exit_2(argv):
+    """A value of the wrong type, an unknown choice: one line naming the flag, no usage block (cli.ArgumentParser)."""
+    out = run(*argv)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(err) == 1 and "error: argument" in err[0] and "usage:" not in out.stderr, \
+        out.stderr
