@@ -49,17 +49,20 @@ def listen_sums(model, batch, eos_id: int) -> dict:
                 tokens=float(tok_len.sum() + B))
 
 
+def items(batch) -> list[dict]:
+    """A padded batch back into its items (mel and tokens cut to their lengths)."""
+    return [dict(mel=batch["mel"][i, :, : batch["mel_lengths"][i]], tokens=batch["tokens"][i, : batch["token_lengths"][i]])
+            for i in range(batch["size"])]
+
+
 def listen_batches(loader):
-    """Batches of >= 2 items: a lone last item joins the batch before it."""
+    """Batches of >= 2 items: a batch of one (the last, or one that lost rows it could not read) joins a neighbour."""
     held = None
     for batch in loader:
         if not batch["size"]:
             continue
-        if held is not None and batch["size"] < 2:
-            batch = collate([dict(mel=held["mel"][i, :, : held["mel_lengths"][i]],
-                                  tokens=held["tokens"][i, : held["token_lengths"][i]]) for i in range(held["size"])]
-                            + [dict(mel=batch["mel"][0], tokens=batch["tokens"][0])])
-            held = None
+        if held is not None and min(held["size"], batch["size"]) < 2:
+            batch, held = collate(items(held) + items(batch)), None
         if held is not None:
             yield held
         held = batch

@@ -249,3 +249,16 @@ def test_a_run_says_its_plan_shows_no_ce_in_the_ctc_stage_and_always_leaves_best
     best = json.loads((tmp_path / "ctc" / "best" / "config.json").read_text())
     assert (best["step"], best["best"]) == (3, "the last step (no validation)")
     assert load_model(tmp_path / "ctc" / "best").vocab_size > 0
+
+
+def test_listen_batches_never_yield_a_lone_item():
+    from listen import listen_batches
+
+    def batch(n):
+        return collate([dict(mel=torch.full((80, 5 + i), float(n)), tokens=torch.tensor([4 + i])) for i in range(n)])
+
+    out = list(listen_batches([batch(1), batch(3), batch(0), batch(1), batch(2), batch(1)]))
+    assert [b["size"] for b in out] == [5, 3]  # 1+3 (+1 lone), then 2+1 lone: every item kept, none alone
+    # the items survive the merge whole: their own lengths and first token
+    assert [int(n) for b in out for n in b["mel_lengths"]] == [5, 5, 6, 7, 5, 5, 6, 5]
+    assert [int(t) for b in out for t in b["tokens"][:, 0]] == [4, 4, 5, 6, 4, 4, 5, 4]
