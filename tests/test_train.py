@@ -10,6 +10,7 @@ import torch
 
 import train as T
 from dataset import collate, open_dataset
+from helpers import noise_utterances
 from decoder import Llama, LlamaConfig, load_llama, save_llama
 from model import load_model
 from tokenizer import Tokenizer, train_sentencepiece
@@ -24,13 +25,7 @@ MORE = ["ол мектепке барады", "біз үйде отырмыз", 
 def setup(tmp_path_factory):
     """Four random-noise 'utterances' of unequal length, a tiny tokenizer and a tiny frozen Llama."""
     root = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, text in enumerate(TEXTS):
-        n = 16000 * (6 + 3 * i) // 10  # 0.6 .. 1.5 s: unequal lengths, so padding and masks matter
-        sf.write(root / f"u{i}.wav", (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
-        rows.append(dict(audio_filepath=f"u{i}.wav", text=text.upper() + "!", duration=n / 16000))
-    (root / "train.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    noise_utterances(root, [t.upper() + "!" for t in TEXTS])  # normalisation must undo the case and the "!"
     (root / "text.txt").write_text("\n".join((TEXTS + MORE) * 3) + "\n")
     tok = train_sentencepiece(str(root / "text.txt"), str(root / "tok"), vocab_size=330)
     torch.manual_seed(0)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 import run_folder
 import train as T
+from helpers import noise_utterances
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
@@ -24,13 +24,7 @@ TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "
 def data(tmp_path_factory):
     """Four noise 'utterances' (0.6 .. 1.5 s) and their manifest."""
     root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i, text in enumerate(TEXTS):
-        n = 16000 * (6 + 3 * i) // 10
-        sf.write(root / f"u{i}.wav", (0.1 * rng.standard_normal(n)).astype(np.float32), 16000)
-        rows.append(dict(audio_filepath=f"u{i}.wav", text=text, duration=n / 16000))
-    write_manifest(root / "train.jsonl", rows)
+    noise_utterances(root, TEXTS)
     return root
 
 
