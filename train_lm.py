@@ -51,31 +51,36 @@ def text_blocks(lines: list[list[int]], seq_len: int, eos_id: int) -> torch.Tens
     return torch.stack([ids[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
 
 
-def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int) -> tuple[list[int], list[int]]:
+MAX_SILENCE = 8  # <pad> positions after each "spoken" token, at most: ~5 prompt slots a token, as in the audio
+
+
+def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int,
+                  max_silence: int = MAX_SILENCE) -> tuple[list[int], list[int]]:
     """
     One line as a copy exercise shaped like the ASR prompt: the line "spoken" slowly (each token once, as a CTC
-    spike, then 0-8 positions of <pad> silence), then the line written out, then EOS. Only the written part is a
-    target:
+    spike, then 0..max_silence positions of <pad> silence), then the line written out, then EOS. Only the written
+    part is a target:
         [5, 9] -> inputs  [pad, 5, pad, pad, 9, pad, 5, 9, eos]
                   targets [ -,  -,   -,   -, -,   5, 9, eos, -]
     ~5 prompt positions a token, as 25 audio frames a second carry ~4 tokens.
     """
-    prompt = [pad_id] * rng.randint(0, 8)
+    prompt = [pad_id] * rng.randint(0, max_silence)
     for t in ids:
-        prompt += [t] + [pad_id] * rng.randint(0, 8)
-    prompt += [pad_id] * rng.randint(1, 8)
+        prompt += [t] + [pad_id] * rng.randint(0, max_silence)
+    prompt += [pad_id] * rng.randint(1, max(1, max_silence))
     inputs = prompt + ids + [eos_id]
     targets = [-100] * (len(prompt) - 1) + ids + [eos_id, -100]
     return inputs, targets
 
 
-def copy_blocks(lines: list[list[int]], n: int, seq_len: int, rng: random.Random, pad_id: int, eos_id: int):
+def copy_blocks(lines: list[list[int]], n: int, seq_len: int, rng: random.Random, pad_id: int, eos_id: int,
+                max_silence: int = MAX_SILENCE):
     """n blocks of copy exercises packed end to end -> (inputs, targets), each (n, seq_len)."""
     xs, ys = [], []
     for _ in range(n):
         x, y = [], []
         while len(x) < seq_len:
-            a, b = copy_exercise(lines[rng.randrange(len(lines))], rng, pad_id, eos_id)
+            a, b = copy_exercise(lines[rng.randrange(len(lines))], rng, pad_id, eos_id, max_silence)
             x, y = x + a, y + b
         xs.append(x[:seq_len])
         ys.append(y[:seq_len])
@@ -100,7 +105,7 @@ def main(argv=None):
     p.add_argument("--ffn-dim", type=int, default=512, help="SwiGLU hidden size (default: %(default)s)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per training block (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="blocks per step (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, cosine decay (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default: %(default)s)")
     p.add_argument("--valid-fraction", type=float, default=0.02, help="lines held out (default: %(default)s)")
@@ -109,6 +114,12 @@ def main(argv=None):
     p.add_argument("--copy-fraction", type=float, default=0.5,
                    help="share of each batch that is copy exercises: a line held slowly then written out, the "
                         "shape of the ASR prompt, so the frozen LM can read the audio (default: %(default)s)")
+    p.add_argument("--silence-ramp", type=float, default=0.4,
+                   help="share of the steps over which the copy exercises' silences grow from none to "
+                        f"{MAX_SILENCE} <pad> positions: plain copying first, then reading past silence; 0: full "
+                        "silence from the start, where the copy loss stalls near 2 nats (default: %(default)s)")
+    p.add_argument("--eval-every", type=int, default=250,
+                   help="steps between validation lines (text and copy-exercise loss) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train; auto: cuda when available, else cpu (default: %(default)s)")
@@ -141,6 +152,7 @@ def check_args(args):
         ("lr", 0 < args.lr < math.inf, "> 0"), ("warmup", args.warmup >= 1, ">= 1 (steps)"),
         ("valid_fraction", 0 <= args.valid_fraction < 1, "in [0, 1)"),
         ("copy_fraction", 0 <= args.copy_fraction <= 1, "in [0, 1]"),
+        ("silence_ramp", 0 <= args.silence_ramp <= 1, "in [0, 1]"), ("eval_every", args.eval_every >= 1, ">= 1"),
         ("seed", 0 <= args.seed < 2**32, "in [0, 2**32 - 1]"),
     ]
     for name, ok, want in ranges:
@@ -161,13 +173,20 @@ def llama_config(args, vocab_size: int, eos_id: int, pad_id: int) -> LlamaConfig
                        tie_embeddings=True, bos_id=eos_id, eos_id=eos_id, pad_id=pad_id)
 
 
+def max_silence(step: int, args) -> int:
+    """The longest silence of step `step`'s copy exercises: 0 (plain copying) growing to MAX_SILENCE by
+    --silence-ramp of the run. A small LM learns to copy first, then to skip the <pad> slots between tokens."""
+    ramp = args.silence_ramp * args.steps
+    return MAX_SILENCE if step >= ramp else int(MAX_SILENCE * step / ramp)
+
+
 def batch(step, train, lines, args, rng, g, pad_id, eos_id):
     """Step `step`'s (inputs, targets): plain text blocks, and --copy-fraction of them copy exercises."""
     n_copy = round(args.batch_size * args.copy_fraction)
     block = train[torch.randint(len(train), (args.batch_size - n_copy,), generator=g)]
     x, y = block[:, :-1], block[:, 1:]
     if n_copy:
-        cx, cy = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id)
+        cx, cy = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id, max_silence(step, args))
         x, y = torch.cat([x, cx]), torch.cat([y, cy])
     return x, y
 
@@ -194,6 +213,8 @@ def run(args):
           f"{args.copy_fraction:.0%} of each batch copy exercises")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     g, rng = torch.Generator().manual_seed(args.seed), random.Random(args.seed)
+    valid_text = (valid[:64, :-1], valid[:64, 1:])
+    valid_copy = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id)
     bar = tqdm(range(args.steps), dynamic_ncols=True)
     t0 = time.time()
     for step in bar:
@@ -208,9 +229,14 @@ def run(args):
         opt.step()
         opt.zero_grad(set_to_none=True)
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
+        if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
+            model.eval()
+            tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, copy-exercise loss "
+                       f"{evaluate(model, valid_copy):.3f} (silences up to {max_silence(step, args)})")
+            model.train()
     model.eval()
     v = evaluate(model, (valid[:, :-1], valid[:, 1:]))
-    c = evaluate(model, copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id))
+    c = evaluate(model, valid_copy)
     print(f"done in {time.time() - t0:.0f} s: train loss {loss.item():.3f}, valid loss {v:.3f} "
           f"(perplexity {math.exp(v):.1f}), valid copy-exercise loss {c:.3f}")
     save_llama(model.to(getattr(torch, args.dtype)), args.out)

@@ -128,7 +128,7 @@ def test_train_lm_defaults_are_the_teaching_lm():
     flat = " ".join(run("train_lm.py", "--help").stdout.split())
     for flag, value in [("--dim", 192), ("--n-layers", 4), ("--n-heads", 4), ("--n-kv-heads", 4), ("--ffn-dim", 512),
                         ("--seq-len", 512), ("--batch-size", 8), ("--copy-fraction", 0.5), ("--lr", 0.003),
-                        ("--steps", 1000)]:
+                        ("--steps", 1500), ("--silence-ramp", 0.4)]:
         shown = re.search(rf" {flag} [A-Z_]+ [^(]*(?:\([^d][^)]*\)[^(]*)*\(default: ([^)]*)\)", flat)
         assert shown and shown[1] == str(value), (flag, shown and shown[0])
 
