@@ -14,7 +14,7 @@ from helpers import noise_utterances
 from decoder import Llama, LlamaConfig, load_llama, save_llama
 from model import load_model
 from tokenizer import Tokenizer, train_sentencepiece
-from train_lm import copy_exercise, lm_loss, load_lines, text_blocks
+from train_lm import MAX_SILENCE, copy_exercise, lm_loss, load_lines, max_silence, text_blocks
 
 TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
 MORE = ["ол мектепке барады", "біз үйде отырмыз", "менің атым айгүл", "сен қайдан келдің", "ертең жаңбыр жауады",
@@ -70,6 +70,26 @@ def test_ctc_then_e2e_overfit_and_the_decoder_stays_frozen(setup, tmp_path):
         assert torch.equal(model.llm.state_dict()[name], p), name
     # the vocabulary fix: the rows the base lacks did train, and only they
     assert not torch.equal(model.llm.new_rows, base.tok_embeddings.weight.mean(0).expand(30, -1))
+
+
+def test_projector_fit_starts_e2e_from_the_alignment_and_resumes_exactly(setup, tmp_path, capsys):
+    T.train(config(setup, tmp_path / "ctc", stage="ctc", max_steps=20, save_every=20))
+    init = load_model(tmp_path / "ctc" / "checkpoint-20")
+    kw = dict(stage="e2e", init=str(tmp_path / "ctc" / "checkpoint-20"), projector_fit=True, max_steps=4,
+              batch_size=2, save_every=2, lr=1e-9)  # ~no steps: what e2e starts from is the fit
+    fitted = T.train(config(setup, tmp_path / "a", **kw))
+    assert "projector fit on" in capsys.readouterr().out
+    assert (fitted.projector.linear.weight - init.projector.linear.weight).abs().max() > 1e-2  # lr 1e-9 moves ~1e-9
+    torch.testing.assert_close(fitted.encoder.state_dict(), init.encoder.state_dict())  # only the projector moved
+    # the fit, then a stop and a resume: the resumed run neither refits nor differs
+    T.train(config(setup, tmp_path / "b", stop_at=2, **{**kw, "lr": 3e-3}))
+    resumed = T.train(config(setup, tmp_path / "b", resume=True, **{**kw, "lr": 3e-3}))
+    assert "projector fit on" not in capsys.readouterr().out.split("checkpoint-2")[-1]
+    straight = T.train(config(setup, tmp_path / "c", **{**kw, "lr": 3e-3}))
+    for (n, p), q in zip(straight.own_state_dict().items(), resumed.own_state_dict().values()):
+        assert torch.equal(p, q), n
+    with pytest.raises(ValueError, match="needs --init"):
+        T.check_config(config(setup, tmp_path / "d", stage="e2e", projector_fit=True))
 
 
 def first_step_grads(cfg):
@@ -213,6 +233,26 @@ def test_copy_exercise_targets_only_the_written_line():
         assert x[n - 1] == 1  # the prompt ends in silence, as an utterance does
         # targets: the last prompt position predicts the first token, then each written token the next, then EOS
         assert y[: n - 1] == [-100] * (n - 1) and y[n - 1:] == ids + [0, -100]
+
+
+def test_copy_exercises_start_without_silence_and_reach_the_full_silence_by_the_ramp():
+    import random
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(steps=1000, silence_ramp=0.4)
+    assert max_silence(0, args) == 0 and max_silence(399, args) == MAX_SILENCE - 1
+    assert max_silence(400, args) == max_silence(999, args) == MAX_SILENCE
+    assert [max_silence(s, args) for s in range(0, 400, 50)] == sorted(max_silence(s, args) for s in range(0, 400, 50))
+    assert max_silence(0, SimpleNamespace(steps=10, silence_ramp=0.0)) == MAX_SILENCE  # no ramp: full from step 0
+    rng = random.Random(0)
+    x, _ = copy_exercise([5, 9, 7], rng, pad_id=1, eos_id=0, max_silence=0)
+    assert x == [5, 9, 7, 1, 5, 9, 7, 0]  # plain copying: the tokens, one slot of silence, the line
+    longest = 0
+    for _ in range(200):
+        x, _ = copy_exercise([5, 9, 7], rng, pad_id=1, eos_id=0, max_silence=3)
+        runs = "".join("p" if t == 1 else "t" for t in x[:-4]).split("t")[1:-1]  # the silences between tokens
+        longest = max(longest, max(map(len, runs)))
+    assert longest == 3
 
 
 def test_listen_pairs_each_text_with_another_utterances_audio(setup):
