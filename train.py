@@ -26,6 +26,7 @@ drop_unreadable, check_plan, resume); one run at a time holds --out/train.lock. 
 plain containers and is loaded with weights_only=True, so a checkpoint never runs code.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -54,6 +55,7 @@ from decoder import CheckpointError, load_llama, pick_device, read_safetensors
 from encoder import ENCODER_PRESETS, EncoderConfig
 from mel import LEVEL_DBFS
 from model import ASRModel, check_state_dict, decoder_path, extra_rows, load_model, save_model, write_model_files
+from projector_fit import fit_projector
 from run_folder import WRITE_ERRORS, Log, lock_out, release_out, remove_stale_temporaries, write_problem
 from tokenizer import BLANK_ID, Tokenizer
 
@@ -87,6 +89,8 @@ class TrainConfig:
     max_steps: int = arg(0, "optimiser steps; 0 = epochs x steps per epoch")
     ctc_loss_weight: float = arg(0.3, "training loss weight w: e2e loss = (1 - w) CE + w CTC (not decode.py's "
                                       "--ctc-weight, the weight of CTC in joint decoding)")
+    projector_fit: bool = arg(False, "e2e from a ctc model: first solve the projector by least squares to the decoder's "
+                                     "rows of the aligned tokens (projector_fit.py; the release started it at random)")
     label_smoothing: float = arg(0.1, "CE label smoothing (the original configured 0.1 but applied 0)")
     max_seconds: float = arg(15.0, "training window: longer utterances are skipped, audio cut to this")
     dropout: float = arg(0.1, "encoder dropout")
@@ -148,7 +152,7 @@ PRESET_RUNS = {"teach": dict(stage="ctc", train=os.path.relpath(REPO / "data/syn
 # a preset's second stage: `python train.py --stage e2e` continues the teaching recipe from the ctc run's best/,
 # as scripts/train_teaching_model.sh does (the shipped model is step 400 of this 750-step schedule)
 STAGE_PRESETS = {("teach", "e2e"): dict(init="runs/teach/ctc/best", out="runs/teach/e2e", lr=1e-3, epochs=2,
-                                        stop_at=400)}
+                                        stop_at=400, projector_fit=True)}
 TEACH_DATA = "python data/prepare_synthetic.py all"  # the command that makes data/synth/ (README: the teaching model)
 GPU_BATCH = dict(batch_size=128, lr=4e-3, num_workers=4)  # teach on CUDA: 4x the batch, 2x the rate (sqrt rule)
 
@@ -465,6 +469,9 @@ def check_config(cfg: TrainConfig):
         raise ValueError(f"--device {cfg.device}: must be auto, cpu, cuda or cuda:N")
     if not cfg.train or not cfg.tokenizer:
         raise ValueError("--train and --tokenizer are required")
+    if cfg.stage == "e2e" and cfg.projector_fit and not cfg.init:
+        raise ValueError("--projector-fit aligns transcripts with a trained CTC head: it needs --init (a ctc-stage "
+                         "model), or --no-projector-fit")
     for data in (cfg.train, cfg.valid):
         if data and not Path(data).exists() and Path(data).resolve().parent == REPO / "data" / "synth":
             raise ValueError(f"{data}: the teaching data are not made yet; make them with `{TEACH_DATA}` "
@@ -739,6 +746,14 @@ class Progress:
             dist.destroy_process_group()
 
 
+def unaugmented(dataset):
+    """The same rows without augmentation (a shallow copy): the clean audio the projector fit aligns."""
+    plain = copy.copy(dataset)
+    plain.augment = plain.speed_perturb = False
+    plain.wave_augment = None
+    return plain
+
+
 def start_run(cfg: TrainConfig, proc: Processes) -> dict:
     """Model, data, objective, optimiser and schedule; the step, data position and best loss to start from."""
     tokenizer = Tokenizer.load(cfg.tokenizer)
@@ -762,6 +777,12 @@ def start_run(cfg: TrainConfig, proc: Processes) -> dict:
         step, pos, best = state["step"], state["pos"], state.get("best", best)
         if step >= end:
             raise ValueError(f"{out}: the run is at step {step} already; raise --max-steps or --stop-at to go on")
+    elif cfg.stage == "e2e" and cfg.projector_fit:  # a fresh e2e run: the frozen decoder reads the audio from step 0
+        fit = fit_projector(model, unaugmented(train_set), tokenizer.pad_id)
+        if proc.master:
+            print(f"projector fit on {fit['frames']} frames ({fit['token_frames']} token frames): the nearest decoder "
+                  f"row is the aligned token on {fit['token_accuracy']:.1%} of token frames and <pad> on "
+                  f"{fit['pad_accuracy']:.1%} of the others")
     if proc.master:
         n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         dtype = "float32" if isinstance(proc.ctx, nullcontext) else str(proc.ctx.fast_dtype).removeprefix("torch.")
