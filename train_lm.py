@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
-from decoder import DEVICES, Llama, LlamaConfig, pick_device, save_llama
+from decoder import DEVICES, Llama, LlamaConfig, load_llama, pick_device, save_llama
 from tokenizer import Tokenizer
 
 
@@ -120,6 +120,9 @@ def main(argv=None):
                         "silence from the start, where the copy loss stalls near 2 nats (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250,
                    help="steps between validation lines (text and copy-exercise loss) (default: %(default)s)")
+    p.add_argument("--init", default=None,
+                   help="continue pretraining this Llama folder (a --out of an earlier run): its shape, not --dim "
+                        "and the rest; the schedule starts afresh (default: a new model)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to train; auto: cuda when available, else cpu (default: %(default)s)")
@@ -128,7 +131,7 @@ def main(argv=None):
         check_args(args)
         args.device = pick_device(args.device)
         run(args)
-    except ValueError as e:  # bad input: one line, exit 2 (as argparse's errors)
+    except ValueError as e:  # bad input (CheckpointError is one too): one line, exit 2 (as argparse's errors)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -207,7 +210,13 @@ def run(args):
     tok = Tokenizer.load(args.tokenizer)
     lines, valid_lines = load_lines(args.text, tok, args.valid_fraction, args.seed)
     train, valid = text_blocks(lines, args.seq_len, tok.eos_id), text_blocks(valid_lines, args.seq_len, tok.eos_id)
-    model = Llama(llama_config(args, tok.vocab_size, tok.eos_id, tok.pad_id)).to(args.device)
+    if args.init:
+        model = load_llama(args.init, device=args.device)
+        if model.vocab_size != tok.vocab_size:
+            raise ValueError(f"{args.init}: {model.vocab_size} rows, but {args.tokenizer} has {tok.vocab_size} ids")
+        model.requires_grad_(True)  # load_llama freezes: here it is the one being trained
+    else:
+        model = Llama(llama_config(args, tok.vocab_size, tok.eos_id, tok.pad_id)).to(args.device)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.2f}M parameters, {len(train)} text blocks of {args.seq_len} tokens, "
           f"{args.copy_fraction:.0%} of each batch copy exercises")

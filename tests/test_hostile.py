@@ -178,6 +178,29 @@ def test_train_lm_flags_out_of_range_are_one_line(tiny, tmp_path, capsys, flag, 
     assert "\n" not in err and not (tmp_path / "lm").exists()
 
 
+def test_train_lm_init_continues_a_saved_lm_and_refuses_another_vocabulary(tiny, tmp_path, capsys):
+    import train_lm
+    from decoder import Llama, LlamaConfig, load_llama, save_llama
+    (tmp_path / "lm.txt").write_text("бір екі үш\nтөрт бес\n" * 20, encoding="utf-8")
+    argv = ["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--seq-len", "16",
+            "--batch-size", "2", "--warmup", "1", "--eval-every", "1000"]
+    train_lm.main(argv + ["--out", str(tmp_path / "a"), "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1",
+                          "--ffn-dim", "64", "--n-layers", "1", "--steps", "3"])
+    train_lm.main(argv + ["--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"), "--steps", "2"])
+    a, b = load_llama(tmp_path / "a"), load_llama(tmp_path / "b")
+    assert a.config == b.config  # the shape of --init, not the default --dim 192
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    # a Llama with fewer rows than the tokenizer has ids is refused in a line, before training
+    small = Llama(LlamaConfig(vocab_size=tiny.tok.vocab_size - 10, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                              ffn_dim=64))
+    save_llama(small, tmp_path / "small")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train_lm.main(argv + ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "small"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "rows, but" in err and "\n" not in err and not (tmp_path / "c").exists()
+
+
 def test_train_lm_with_no_training_lines_is_an_error(tiny, tmp_path):
     import train_lm
     (tmp_path / "lm.txt").write_text("бір екі үш\n", encoding="utf-8")  # its one line is held out to validate
