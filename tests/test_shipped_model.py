@@ -11,6 +11,8 @@ from wer import char_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
+LISTEN_MARGIN = 1.0  # nats/token between shuffled and own audio on the samples (measured: README)
+ATTENTION_CER = 0.70  # greedy (attention-only) CER bound on the samples (measured: README)
 
 
 def references():
@@ -33,9 +35,11 @@ def test_shipped_samples_are_transcribed_within_a_cer_bound(capsys):
     assert main(paths) == 0
     lines = capsys.readouterr().out.splitlines()
     hyps = dict(line.split("\t", 1) if "\t" in line else (line, "") for line in lines)
-    errors = sum(char_stats(refs[n], hyps[str(SAMPLES / n)]).errors for n in refs)
-    chars = sum(len(refs[n]) for n in refs)
-    assert errors / chars <= 0.15, hyps  # the held-out test set's CER is in README; 3 samples get slack
+    def cer(names):
+        return sum(char_stats(refs[n], hyps[str(SAMPLES / n)]).errors for n in names) / sum(len(refs[n]) for n in names)
+    assert cer([n for n in refs if n.startswith("sample")]) <= 0.15, hyps  # test-set CER in README; 3 clips get slack
+    # the ~60 s file, in 8 s windows: long audio is this model's weak spot (README: 16.7 % CER on the 10 long files)
+    assert cer(["long1.wav"]) <= 0.25, hyps[str(SAMPLES / "long1.wav")]
 
 
 def test_reference_mode_batched_equals_one_at_a_time_with_real_stops(capsys):
@@ -77,8 +81,8 @@ def test_quiet_and_loud_copies_decode_as_the_original(tmp_path, capsys):
 
 
 def test_the_decoder_reads_the_shipped_samples_audio():
-    """listen.py on the three samples: the references are more likely after their own audio than another's.
-    (The margin is small: the README's listen section says why.)"""
+    """listen.py on the three samples: the references are much more likely after their own audio than another's
+    (README: Does the decoder listen?)."""
     from dataset import SpeechDataset, collate
     from listen import listen
     from model import load_model, tokenizer_path
@@ -91,7 +95,18 @@ def test_the_decoder_reads_the_shipped_samples_audio():
     tok = Tokenizer.load(str(tokenizer_path(DEFAULT_MODEL)))
     data = SpeechDataset(rows, tok, level_dbfs=model.level_dbfs)
     r = listen(model, torch.utils.data.DataLoader(data, batch_size=8, collate_fn=collate), tok.eos_id)
-    assert r["utterances"] == 3 and r["own"] < r["shuffled"] - 0.05, r
+    assert r["utterances"] == 3 and r["own"] < r["shuffled"] - LISTEN_MARGIN, r
+
+
+def test_attention_only_decoding_of_the_shipped_samples_is_within_a_cer_bound(capsys):
+    """The frozen decoder alone (greedy, no CTC) reads the samples: a decoder that ignored the audio would write
+    fluent text never said, with a CER near 100 % (the model before the projector fit: 87 % on the test set)."""
+    torch.set_num_threads(1)
+    refs = {n: t for n, t in references().items() if n.startswith("sample")}
+    assert main([str(SAMPLES / n) for n in refs] + ["--mode", "greedy"]) == 0
+    hyps = dict(line.split("\t", 1) if "\t" in line else (line, "") for line in capsys.readouterr().out.splitlines())
+    errors = sum(char_stats(refs[n], hyps[str(SAMPLES / n)]).errors for n in refs)
+    assert errors / sum(len(refs[n]) for n in refs) <= ATTENTION_CER, hyps
 
 
 def test_the_python_api_honours_the_folders_decoding_defaults():
