@@ -181,8 +181,8 @@ class Transcriber:
                 except AudioError as e:
                     results[i] = {"audio": name, "error": str(e)}
             if wavs:
-                for (i, name), (tokens, lp) in zip(names, self._decode_windows(wavs, self.opt.timestamps)):
-                    results[i] = self._result(name, tokens, lp)
+                for (i, name), wav, (tokens, lp) in zip(names, wavs, self._decode_windows(wavs, self.opt.timestamps)):
+                    results[i] = self._result(name, tokens, lp, wav.shape[-1] / SAMPLE_RATE)
         return results
 
     # -- one batch of windows ------------------------------------------------------------------------------------
@@ -241,10 +241,11 @@ class Transcriber:
                 w["start"], w["end"] = min(w["start"], end), min(w["end"], end)
         return words
 
-    def _result(self, name: str, tokens: list[int], log_probs: torch.Tensor) -> dict:
+    def _result(self, name: str, tokens: list[int], log_probs: torch.Tensor, duration: float) -> dict:
+        """duration: the audio's seconds (its frames, rounded up to 40 ms and padded, can reach past it)."""
         out = {"audio": name, "text": normalize(self.tokenizer.decode(tokens))}
         if self.opt.timestamps:
-            out["words"] = self._words(tokens, log_probs, 0.0, log_probs.shape[0] * self.frame_s)
+            out["words"] = self._words(tokens, log_probs, 0.0, duration)
         return out
 
     # -- long files ----------------------------------------------------------------------------------------------

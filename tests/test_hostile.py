@@ -277,3 +277,19 @@ def test_compare_refuses_result_lines_whose_texts_are_not_strings(tmp_path, caps
     path.write_text('{"id": "0", "ref": "бір", "hyp": "бір"}\n' + row + "\n", encoding="utf-8")
     assert evaluate.main(["--compare", str(path), str(path), "--bootstrap", "0"]) == 2
     assert f"{path}: line 2: ref and hyp must be strings, {says}" in one_line(capsys.readouterr().err)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# word times of a short file stop at the end of its audio, not of its last 40 ms frame (rounded up, padded)
+
+def test_word_times_of_a_short_file_stay_inside_its_audio(tiny, tmp_path, capsys):
+    for n in (640, 1000, 6561, 16001):  # 0.04 s: two encoder frames, 0.08 s, of which the second is mostly padding
+        path = tmp_path / f"s{n}.wav"
+        sf.write(path, (0.3 * np.random.default_rng(n).standard_normal(n)).astype(np.float32), 16000)
+        for mode in ("ctc", "greedy"):  # a CTC alignment, and greedy's words spread when none fits
+            assert decode.main(["--model", str(tiny.folder), "--mode", mode, "--timestamps", "--format", "jsonl",
+                                str(path)]) == 0
+            words = json.loads(capsys.readouterr().out)["words"]
+            assert words, (n, mode)
+            for w in words:
+                assert 0 <= w["start"] <= w["end"] <= round(n / 16000, 3), (n, mode, w)
