@@ -753,7 +753,18 @@ def degrade(src: Path, dst: Path, kind: str, seed: int) -> None:
                 y = add_noise(x, 10, np.random.default_rng(int(key, 16)))
             else:
                 raise ValueError(f"degrade: no degradation {kind!r}")
-            sf.write(str(tmp), y, rate, subtype="FLOAT", format="WAV")
+            write_float_wav(tmp, y, rate)
+
+
+def write_float_wav(path, y, rate):
+    """A float WAV whose bytes depend on its samples alone: libsndfile's PEAK chunk stores the time it was written,
+    zeroed here so that a rebuild writes the same file."""
+    sf.write(str(path), y, rate, subtype="FLOAT", format="WAV")
+    with open(path, "r+b") as f:
+        at = f.read(4096).find(b"PEAK")
+        if at >= 0:
+            f.seek(at + 12)  # the tag, the chunk size, the version, then the 4-byte time stamp
+            f.write(bytes(4))
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -70,6 +70,22 @@ def test_gain_and_noise():
     assert np.array_equal(y, ps.add_noise(x, 10, np.random.default_rng(0)))
 
 
+def test_float_wavs_carry_no_time_stamp(tmp_path):
+    """libsndfile's PEAK chunk holds the time of writing: two rebuilds seconds apart wrote different bytes for the
+    same samples. write_float_wav zeroes it; the samples are untouched."""
+    y = (0.3 * np.random.default_rng(0).standard_normal(4000)).astype(np.float32)
+    sf.write(str(tmp_path / "plain.wav"), y, 16000, subtype="FLOAT", format="WAV")
+    plain = (tmp_path / "plain.wav").read_bytes()
+    at = plain.find(b"PEAK")
+    assert at > 0 and plain[at + 12: at + 16] != bytes(4)  # libsndfile's own: the time now, not zero
+    ps.write_float_wav(tmp_path / "ours.wav", y, 16000)
+    ours = (tmp_path / "ours.wav").read_bytes()
+    assert ours.find(b"PEAK") == at and ours[at + 12: at + 16] == bytes(4)
+    assert ours[: at + 12] == plain[: at + 12] and ours[at + 16:] == plain[at + 16:]  # only the stamp differs
+    back, rate = sf.read(str(tmp_path / "ours.wav"), dtype="float32")
+    assert rate == 16000 and np.array_equal(back, y)
+
+
 @pytest.mark.skipif(shutil.which("sox") is None, reason="needs sox")
 def test_degrade_each_kind(tmp_path):
     x = write_test_wav(tmp_path / "u.wav")
