@@ -224,6 +224,10 @@ def run(args):
     g, rng = torch.Generator().manual_seed(args.seed), random.Random(args.seed)
     valid_text = (valid[:64, :-1], valid[:64, 1:])
     valid_copy = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id)
+    if args.copy_fraction > 0 and not (valid_copy[1] != -100).any():  # every exercise cut before its written part
+        raise ValueError(f"--seq-len {args.seq_len}: too short for a copy exercise of these lines (a line's tokens, "
+                         f"each with up to {MAX_SILENCE} slots of silence, then the line again); raise it or "
+                         "give --copy-fraction 0")
     bar = tqdm(range(args.steps), dynamic_ncols=True)
     t0 = time.time()
     for step in bar:

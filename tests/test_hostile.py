@@ -182,7 +182,7 @@ def test_train_lm_init_continues_a_saved_lm_and_refuses_another_vocabulary(tiny,
     import train_lm
     from decoder import Llama, LlamaConfig, load_llama, save_llama
     (tmp_path / "lm.txt").write_text("бір екі үш\nтөрт бес\n" * 20, encoding="utf-8")
-    argv = ["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--seq-len", "16",
+    argv = ["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--seq-len", "64",
             "--batch-size", "2", "--warmup", "1", "--eval-every", "1000"]
     train_lm.main(argv + ["--out", str(tmp_path / "a"), "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1",
                           "--ffn-dim", "64", "--n-layers", "1", "--steps", "3"])
@@ -199,6 +199,21 @@ def test_train_lm_init_continues_a_saved_lm_and_refuses_another_vocabulary(tiny,
         train_lm.main(argv + ["--out", str(tmp_path / "c"), "--init", str(tmp_path / "small"), "--steps", "1"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "rows, but" in err and "\n" not in err and not (tmp_path / "c").exists()
+
+
+def test_train_lm_blocks_too_short_for_a_copy_exercise_are_one_line(tiny, tmp_path, capsys):
+    """At --seq-len 8 every exercise is cut inside its spoken part: nothing to learn, and a nan copy loss before."""
+    import train_lm
+    (tmp_path / "lm.txt").write_text("бір екі үш төрт бес алты жеті сегіз\nтоғыз он\n" * 20, encoding="utf-8")
+    argv = ["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--out", str(tmp_path / "lm"),
+            "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-dim", "64", "--steps", "1"]
+    with pytest.raises(SystemExit) as e:
+        train_lm.main(argv + ["--seq-len", "8"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "--seq-len 8: too short for a copy exercise" in err and "\n" not in err
+    assert not (tmp_path / "lm").exists()
+    train_lm.main(argv + ["--seq-len", "8", "--copy-fraction", "0"])  # plain text blocks need no exercise
+    assert (tmp_path / "lm" / "model.safetensors").exists()
 
 
 def test_train_lm_with_no_training_lines_is_an_error(tiny, tmp_path):
