@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the teaching model from nothing, on a CPU: data -> tokenizer -> small Llama | CTC -> E2E -> models/teach/.
-#   bash scripts/train_teaching_model.sh            (about 2 hours on 2 cores; each stage's time is printed)
+#   bash scripts/train_teaching_model.sh            (about 1 h 35 min on 2 cores; each stage's time is printed)
 # The small Llama and the CTC stage run side by side, one core each: the CTC stage trains the encoder and its CTC
 # head alone and reads only the decoder's width (of the shipped decoder, the same 192); the E2E stage takes the new one.
 # Every stage is a plain command you can run alone; outputs go to data/synth/ and $RUN (runs/teach/); the shipped
@@ -23,8 +23,8 @@ stage data python data/prepare_synthetic.py all
 stage ood python data/prepare_synthetic.py ood        # the out-of-domain test set (README)
 stage degraded python data/prepare_synthetic.py degraded  # -20 dB, +12 dB, 8 kHz and noisy copies of the test set
 stage tokenizer python tokenizer.py --text data/synth/text/lm.txt --vocab-size 1024 --out "$RUN/tokenizer"
-# The LM, on one core: 512-token blocks, half of them copy exercises whose silences grow over the first 40 % of the
-# steps (the frozen LM must copy from a 250-frame prompt); the CTC stage runs beside it, on the other core.
+# The LM (in the background, log in $RUN/lm.log): 512-token blocks, half of them copy exercises whose silences grow
+# over the first 40 % of the steps (the frozen LM must copy from a 250-frame prompt).
 stage lm python train_lm.py --text data/synth/text/lm.txt --tokenizer "$RUN/tokenizer.model" --out "$RUN/llama" \
     --dim 192 --n-layers 4 --n-heads 4 --n-kv-heads 4 --ffn-dim 512 --seq-len 512 --batch-size 8 --steps 1500 \
     --lr 3e-3 --copy-fraction 0.5 --silence-ramp 0.4 > "$RUN/lm.log" 2>&1 &
