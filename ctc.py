@@ -225,8 +225,9 @@ WORD_TAIL_SECONDS = 0.12  # how far a word's end reaches past its last CTC spike
 
 
 def word_times(words: list[str], token_words: list[int], spans, frame_seconds: float, offset: float = 0.0,
-               n_frames: int | None = None):
+               n_frames: int | None = None, audio_end: float | None = None):
     """[{word, start, end}] in seconds from each token's frames; start/end None when no alignment exists.
+    audio_end (seconds, with the offset): no time past it, as the last 40 ms frame may reach past the audio.
 
     A word starts at its first token's first frame. CTC marks a token with a spike of a frame or two, often
     before the sound is over, so a word's last spike ends it too early (by 0.14 s on average, measured on
@@ -250,8 +251,10 @@ def word_times(words: list[str], token_words: list[int], spans, frame_seconds: f
         following = [f for f in first[w + 1:] if f is not None][:1] or ([n_frames] if n_frames else [])
         end = last[w] + 1 + tail
         end = min([end] + [f for f in following if f > last[w]])
-        item["start"] = round(offset + first[w] * frame_seconds, 3)  # three decimals: frames are 40 ms
-        item["end"] = round(offset + end * frame_seconds, 3)
+        start, end = offset + first[w] * frame_seconds, offset + end * frame_seconds
+        if audio_end is not None:
+            start, end = min(start, audio_end), min(end, audio_end)
+        item["start"], item["end"] = round(start, 3), round(end, 3)  # three decimals: frames are 40 ms
     return out
 
 

@@ -233,13 +233,8 @@ class Transcriber:
         spans = forced_align(log_probs, tokens)
         if spans is None:  # more tokens than frames can carry: spread the words evenly
             return longform.spread_times(text.split(), offset, offset + duration)
-        words = word_times(text.split(), word_index(self.tokenizer.decode, tokens, normalize), spans,
-                           self.frame_s, offset, n_frames=log_probs.shape[0])
-        end = round(offset + duration, 3)  # the last 40 ms frame may reach past the audio (its samples rounded up)
-        for w in words:
-            if w["end"] is not None:
-                w["start"], w["end"] = min(w["start"], end), min(w["end"], end)
-        return words
+        return word_times(text.split(), word_index(self.tokenizer.decode, tokens, normalize), spans,
+                          self.frame_s, offset, n_frames=log_probs.shape[0], audio_end=offset + duration)
 
     def _result(self, name: str, tokens: list[int], log_probs: torch.Tensor, duration: float) -> dict:
         """duration: the audio's seconds (its frames, rounded up to 40 ms and padded, can reach past it)."""
