@@ -82,6 +82,7 @@ class ASROutput(NamedTuple):
     ctc_log_probs: torch.Tensor         # (B, T', V) float32, on the encoder output
     enc_lengths: torch.Tensor           # (B,) encoder frames of each item (all T' for the unmasked original)
     logits: torch.Tensor | None = None  # (B, L+1, V) float32 at the predicting positions; None without text
+    audio: torch.Tensor | None = None   # (B, T', d_dec) the projected audio the decoder reads; None without text
 
 
 class ASRModel(nn.Module):
@@ -108,7 +109,7 @@ class ASRModel(nn.Module):
         frames = enc_lengths if enc_lengths is not None else torch.full((enc.shape[0],), enc.shape[1], device=enc.device)
         if tokens is None:
             return ASROutput(ctc, frames)
-        return ASROutput(ctc, frames, self.text_logits(audio, enc_lengths, tokens))
+        return ASROutput(ctc, frames, self.text_logits(audio, enc_lengths, tokens), audio)
 
     def text_logits(self, audio, lengths, tokens):
         """Audio embeddings (B, T', d), lengths (B,) or None, tokens (B, L) -> logits (B, L+1, V) float32."""

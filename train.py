@@ -91,6 +91,10 @@ class TrainConfig:
                                       "--ctc-weight, the weight of CTC in joint decoding)")
     projector_fit: bool = arg(False, "e2e from a ctc model: first solve the projector by least squares to the decoder's "
                                      "rows of the aligned tokens (projector_fit.py; the release started it at random)")
+    row_ctc_weight: float = arg(0.0, "weight r of a second CTC loss added in e2e, + r row-CTC: on the projected audio, "
+                                     "scored by cosine against the frozen decoder's own embedding rows, <pad> the "
+                                     "blank; it teaches the projector to write the tokens as the decoder reads them "
+                                     "(the copy exercises' layout; not in the release: 0)")
     label_smoothing: float = arg(0.1, "CE label smoothing (the original configured 0.1 but applied 0)")
     max_seconds: float = arg(15.0, "training window: longer utterances are skipped, audio cut to this")
     dropout: float = arg(0.1, "encoder dropout")
@@ -166,9 +170,9 @@ CHOICES = {"stage": ("ctc", "e2e"), "encoder": tuple(ENCODER_PRESETS), "dtype": 
 class Objective(nn.Module):
     """The model and its loss in one forward, so DistributedDataParallel sees the whole computation."""
 
-    def __init__(self, model: ASRModel, cfg: TrainConfig, eos_id: int):
+    def __init__(self, model: ASRModel, cfg: TrainConfig, eos_id: int, pad_id: int = -1):
         super().__init__()
-        self.model, self.cfg, self.eos_id = model, cfg, eos_id
+        self.model, self.cfg, self.eos_id, self.pad_id = model, cfg, eos_id, pad_id  # pad: the row-CTC's blank
         self.ctc_weight = cfg.ctc_loss_weight  # w in (1 - w) CE + w CTC; a schedule would set it before each step
 
     def forward(self, mel, mel_lengths, tokens, token_lengths, n_tokens, n_items):
@@ -186,14 +190,32 @@ class Objective(nn.Module):
         ce = ce_loss(out.logits, ce_targets(tokens, token_lengths, self.eos_id), cfg.label_smoothing)
         stats["ce"] = ce.item()
         w = self.ctc_weight
-        return (1 - w) * ce / n_tokens + w * ctc / n_items, stats
+        loss = (1 - w) * ce / n_tokens + w * ctc / n_items
+        if cfg.row_ctc_weight:
+            llm = self.model.llm  # every id's row, the extended ones too; detached: only the audio side learns
+            rows = llm.embed(torch.arange(llm.vocab_size, device=out.audio.device)).detach()
+            row = ctc_loss(row_log_probs(out.audio, rows), out.enc_lengths, tokens, token_lengths, blank=self.pad_id)
+            stats["row_ctc"] = row.item()
+            loss = loss + cfg.row_ctc_weight * row / n_items
+        return loss, stats
 
 
-def ctc_loss(log_probs, lengths, tokens, token_lengths):
+def ctc_loss(log_probs, lengths, tokens, token_lengths, blank=BLANK_ID):
     """Summed over utterances of (CTC loss / target length): PyTorch's 'mean' reduction before its batch mean."""
-    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=BLANK_ID,
+    loss = F.ctc_loss(log_probs.transpose(0, 1), tokens, lengths, token_lengths, blank=blank,
                       reduction="none", zero_infinity=True)  # (B,)
     return (loss / token_lengths.clamp(min=1)).sum()
+
+
+ROW_SCALE = 20.0  # row-CTC logits: 20 x cosine, so a frame at cosine 0.5 over the others scores 10 nats above them
+
+
+def row_log_probs(audio, rows):
+    """Projected audio (B, T', d), the decoder's embedding rows (V, d) -> (B, T', V) float32 log-probs: each frame's
+    cosine with each row, x ROW_SCALE. The decoder's first RMSNorm keeps only a slot's direction, so that is what
+    is scored: the nearest row in direction is the token the decoder sees there."""
+    cos = F.normalize(audio.float(), dim=-1) @ F.normalize(rows.float(), dim=-1).T
+    return (ROW_SCALE * cos).log_softmax(-1)
 
 
 def ce_targets(tokens, token_lengths, eos_id):
@@ -472,6 +494,9 @@ def check_config(cfg: TrainConfig):
     if cfg.stage == "e2e" and cfg.projector_fit and not cfg.init:
         raise ValueError("--projector-fit aligns transcripts with a trained CTC head: it needs --init (a ctc-stage "
                          "model), or --no-projector-fit")
+    for flag, on in (("--projector-fit", cfg.projector_fit), ("--row-ctc-weight", cfg.row_ctc_weight)):
+        if cfg.stage == "ctc" and on:  # both act on the projector, which the ctc stage does not train
+            raise ValueError(f"{flag}: an e2e-stage option (the ctc stage trains the encoder alone); give --stage e2e")
     for data in (cfg.train, cfg.valid):
         if data and not Path(data).exists() and Path(data).resolve().parent == REPO / "data" / "synth":
             raise ValueError(f"{data}: the teaching data are not made yet; make them with `{TEACH_DATA}` "
@@ -482,6 +507,7 @@ def check_config(cfg: TrainConfig):
         ("weight_decay", 0 <= cfg.weight_decay < math.inf, ">= 0"), ("clip", 0 < cfg.clip < math.inf, "> 0"),
         ("epochs", cfg.epochs >= 0, ">= 0"), ("max_steps", cfg.max_steps >= 0, ">= 0"),
         ("ctc_loss_weight", 0 <= cfg.ctc_loss_weight <= 1, "in [0, 1]"),
+        ("row_ctc_weight", 0 <= cfg.row_ctc_weight < math.inf, ">= 0"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("max_seconds", 0 < cfg.max_seconds < math.inf, "> 0"), ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
         ("save_every", cfg.save_every >= 1, ">= 1"), ("keep", cfg.keep >= 0, ">= 0 (0 keeps all)"),
@@ -656,6 +682,8 @@ def open_data(cfg: TrainConfig, tokenizer, n_mels: int, out: Path, proc: Process
         out.mkdir(parents=True, exist_ok=True)
         lock_out(out)
         remove_stale_temporaries(out)  # only now: the lock says no other run is writing them
+        if not cfg.resume and (checkpoints(out) or (out / "best").is_dir()):  # a fresh start would mix two runs
+            raise ValueError(f"{out}: holds an earlier run's checkpoints; --resume continues it, or give another --out")
     drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out,
                     proc.master)
     if valid_set is not None and not len(valid_set):
@@ -677,7 +705,8 @@ class Progress:
 
     def __init__(self, cfg: TrainConfig, proc: Processes, out: Path, run: dict, start_step: int):
         self.cfg, self.proc, self.out, self.run = cfg, proc, out, run  # run: model, objective, optimizer, ...
-        self.log = Log(out / "log.jsonl") if proc.master else None
+        # a fresh run's log starts anew (a run stopped before its first checkpoint leaves one behind); --resume adds
+        self.log = Log(out / "log.jsonl", fresh=not cfg.resume) if proc.master else None
         # the bar on stdout, with the log lines: stderr carries only an error, one line
         self.bar = tqdm(total=run["max_steps"], initial=start_step, disable=not proc.master, dynamic_ncols=True,
                         file=sys.stdout)
@@ -701,6 +730,8 @@ class Progress:
                        ce=stats["ce"] / max(1, n_tokens), ctc=stats["ctc"] / max(1, n_items),
                        grad_norm=float(grad_norm), utt_per_s=self.utts / (time.time() - self.t0),
                        bad_rows=self.bad_rows)
+            if cfg.row_ctc_weight:
+                rec["row_ctc"] = stats["row_ctc"] / max(1, n_items)
             parts = dict(ce=f"{rec['ce']:.3f}") if cfg.stage == "e2e" else {}  # ctc: there is no CE
             self.bar.set_postfix(loss=f"{rec['loss']:.3f}", **parts, ctc=f"{rec['ctc']:.3f}",
                                  lr=f"{lr:.2e}", utt_s=f"{rec['utt_per_s']:.1f}")
@@ -765,7 +796,7 @@ def start_run(cfg: TrainConfig, proc: Processes) -> dict:
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     check_plan(cfg, train_set, len(sampler.batches()), proc.world, max_steps)
     model.train()
-    objective = Objective(model, cfg, tokenizer.eos_id)
+    objective = Objective(model, cfg, tokenizer.eos_id, tokenizer.pad_id)
     if proc.ddp:
         devices = [proc.device] if "cuda" in proc.device else None
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=devices)
@@ -812,7 +843,7 @@ def train(cfg: TrainConfig):
         window = [b for b in window if b["size"]]
         # each micro-batch's loss is its share of the whole window's mean (tokens for CE, utterances for CTC)
         n_tokens, n_items = window_counts(window, proc.device, proc.ddp, proc.world)
-        stats = dict(loss=0.0, ce=0.0, ctc=0.0, utts=0)
+        stats = dict(loss=0.0, ce=0.0, ctc=0.0, row_ctc=0.0, utts=0)
         for i, b in enumerate(window):
             # DDP averages gradients over processes in a backward: only the window's last one needs to
             sync = nullcontext() if not proc.ddp or i == len(window) - 1 else objective.no_sync()

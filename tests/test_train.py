@@ -92,6 +92,24 @@ def test_projector_fit_starts_e2e_from_the_alignment_and_resumes_exactly(setup, 
         T.check_config(config(setup, tmp_path / "d", stage="e2e", projector_fit=True))
 
 
+def test_row_ctc_in_e2e_is_logged_falls_and_leaves_the_decoder_frozen(setup, tmp_path):
+    root = setup[0]
+    T.train(config(setup, tmp_path / "ctc", stage="ctc", max_steps=20, save_every=20))
+    kw = dict(stage="e2e", init=str(tmp_path / "ctc" / "checkpoint-20"), max_steps=30, lr=1e-2)
+    model = T.train(config(setup, tmp_path / "e2e", row_ctc_weight=1.0, **kw))
+    row = losses(tmp_path / "e2e", "row_ctc")
+    assert len(row) == 30 and row[-1] < row[0] / 2, row
+    base = load_llama(root / "llama")
+    for name, p in base.state_dict().items():
+        assert torch.equal(model.llm.state_dict()[name], p), name
+    # off (the release's 0), the loss is not computed, and the first step's gradients differ when it is on
+    T.train(config(setup, tmp_path / "plain", max_steps=2, **{k: v for k, v in kw.items() if k != "max_steps"}))
+    assert not losses(tmp_path / "plain", "row_ctc")
+    on = first_step_grads(config(setup, tmp_path / "g1", row_ctc_weight=1.0, **kw))
+    off = first_step_grads(config(setup, tmp_path / "g0", **kw))
+    assert not torch.allclose(on["projector.linear.weight"], off["projector.linear.weight"])
+
+
 def first_step_grads(cfg):
     """The gradients train() hands its optimiser at the first step (clipping off): the real loop, accumulation and
     all. A plain function, not monkeypatch: DDP workers use it too."""
