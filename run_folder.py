@@ -97,10 +97,10 @@ def remove_stale_temporaries(out: Path, master=True):
 
 
 class Log:
-    """log.jsonl, appended to: a failed write (a full disk) is an OSError naming the file."""
+    """log.jsonl, appended to (fresh: started anew): a failed write (a full disk) is an OSError naming the file."""
 
-    def __init__(self, path: Path):
-        self.path, self.f = path, open(path, "a", encoding="utf-8")
+    def __init__(self, path: Path, fresh: bool = False):
+        self.path, self.f = path, open(path, "w" if fresh else "a", encoding="utf-8")
 
     def write(self, text):
         self.named(self.f.write, text)

@@ -16,6 +16,12 @@ fi
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # 1 thread + 1 data worker: on 2 busy cores, 2 threads each thrash
 RUN=${RUN:-runs/teach}
+for done in ctc e2e; do  # training refuses to start afresh over a run: say so before the data stage, not after
+    if [[ -e $RUN/$done ]]; then
+        echo "$0: $RUN/$done holds an earlier build; remove it, or set RUN to another folder" >&2
+        exit 2
+    fi
+done
 mkdir -p "$RUN"
 stage() { local name=$1; shift; local t0=$SECONDS; echo "== $name: $*"; "$@"; echo "== $name took $((SECONDS - t0)) s"; }
 

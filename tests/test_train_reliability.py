@@ -500,3 +500,20 @@ def test_parquet_rows_with_bad_mels_are_named_by_file_and_row(tiny, tmp_path):
     pq.write_table(pa.table(dict(mel=mels[:1], duration=[0.6])), tmp_path / "c.parquet")
     with pytest.raises(ValueError, match="c.parquet: not a parquet mel file"):
         open_dataset(tmp_path / "c.parquet", tiny.tok)
+
+
+def test_a_fresh_run_into_a_finished_runs_folder_is_refused_and_a_fresh_log_starts_anew(tiny, data, tmp_path):
+    out = tmp_path / "out"
+    T.train(config(tiny, data, out, stop_at=1))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="holds an earlier run's checkpoints; --resume"):
+        T.train(config(tiny, data, out))  # without --resume: the two runs' checkpoints would mix
+    assert sorted(p.name for p in out.iterdir()) == before
+    T.train(config(tiny, data, out, resume=True))
+    steps = [json.loads(line)["step"] for line in open(out / "log.jsonl")]
+    assert steps == [1, 2]  # the resumed run adds to the log
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "log.jsonl").write_text('{"step": 99}\n')  # a run stopped before its first checkpoint
+    T.train(config(tiny, data, fresh))
+    assert [json.loads(line)["step"] for line in open(fresh / "log.jsonl")] == [1, 2]
