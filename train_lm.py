@@ -74,21 +74,36 @@ def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int,
 
 
 def copy_blocks(lines: list[list[int]], n: int, seq_len: int, rng: random.Random, pad_id: int, eos_id: int,
-                max_silence: int = MAX_SILENCE):
-    """n blocks of copy exercises packed end to end -> (inputs, targets), each (n, seq_len)."""
-    xs, ys = [], []
+                max_silence: int = MAX_SILENCE, spoken: bool = False):
+    """n blocks of copy exercises packed end to end -> (inputs, targets), each (n, seq_len); spoken=True adds a
+    third (n, seq_len) bool tensor, True on the spoken (prompt) part of each exercise."""
+    xs, ys, ss = [], [], []
     for _ in range(n):
-        x, y = [], []
+        x, y, sp = [], [], []
         while len(x) < seq_len:
-            a, b = copy_exercise(lines[rng.randrange(len(lines))], rng, pad_id, eos_id, max_silence)
+            line = lines[rng.randrange(len(lines))]
+            a, b = copy_exercise(line, rng, pad_id, eos_id, max_silence)
             x, y = x + a, y + b
+            n_spoken = len(a) - len(line) - 1  # what comes before the written line and its EOS
+            sp += [True] * n_spoken + [False] * (len(line) + 1)
         xs.append(x[:seq_len])
         ys.append(y[:seq_len])
-    return torch.tensor(xs), torch.tensor(ys)
+        ss.append(sp[:seq_len])
+    return (torch.tensor(xs), torch.tensor(ys)) + ((torch.tensor(ss),) if spoken else ())
 
 
-def lm_loss(model, inputs, targets):  # (B, T) token ids; targets -100 where nothing is predicted
-    hidden = model(model.embed(inputs))
+def blur(embeds, where, max_noise: float, g: torch.Generator):
+    """Gaussian noise on the embeddings (B, T, d) at `where` (B, T): each block's noise a uniform draw in
+    [0, max_noise] times each row's own rms, so the row keeps a cosine of ~1/sqrt(1 + s^2) with what it was (s=2:
+    0.45). A prompt of exact rows is not what a projector writes: the decoder learns to read blurred ones."""
+    B, T, d = embeds.shape
+    rms = embeds.detach().float().pow(2).mean(-1, keepdim=True).sqrt()  # (B, T, 1)
+    size = max_noise * torch.rand(B, 1, 1, generator=g).to(rms.device) * rms * where[..., None]
+    return embeds + (torch.randn(B, T, d, generator=g).to(rms.device) * size).to(embeds.dtype)
+
+
+def lm_loss(model, inputs, targets, embeds=None):  # (B, T) token ids; targets -100 where nothing is predicted
+    hidden = model(model.embed(inputs) if embeds is None else embeds)  # embeds: the inputs' rows, changed
     return F.cross_entropy(model.logits(hidden).flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
@@ -118,6 +133,11 @@ def main(argv=None):
                    help="share of the steps over which the copy exercises' silences grow from none to "
                         f"{MAX_SILENCE} <pad> positions: plain copying first, then reading past silence; 0: full "
                         "silence from the start, where the copy loss stalls near 2 nats (default: %(default)s)")
+    p.add_argument("--copy-noise", type=float, default=0.0,
+                   help="blur the copy exercises' spoken part: Gaussian noise on its embeddings, up to this many "
+                        "times a row's rms (a uniform draw per block; 2: down to cosine 0.45 with the row), so the "
+                        "LM reads a prompt that is only near the right rows, as a projector's is; 0: exact rows "
+                        "(default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250,
                    help="steps between validation lines (text and copy-exercise loss) (default: %(default)s)")
     p.add_argument("--init", default=None,
@@ -155,6 +175,7 @@ def check_args(args):
         ("lr", 0 < args.lr < math.inf, "> 0"), ("warmup", args.warmup >= 1, ">= 1 (steps)"),
         ("valid_fraction", 0 <= args.valid_fraction < 1, "in [0, 1)"),
         ("copy_fraction", 0 <= args.copy_fraction <= 1, "in [0, 1]"),
+        ("copy_noise", 0 <= args.copy_noise <= 100, "in [0, 100]"),
         ("silence_ramp", 0 <= args.silence_ramp <= 1, "in [0, 1]"), ("eval_every", args.eval_every >= 1, ">= 1"),
         ("seed", 0 <= args.seed < 2**32, "in [0, 2**32 - 1]"),
     ]
@@ -184,25 +205,37 @@ def max_silence(step: int, args) -> int:
 
 
 def batch(step, train, lines, args, rng, g, pad_id, eos_id):
-    """Step `step`'s (inputs, targets): plain text blocks, and --copy-fraction of them copy exercises."""
+    """Step `step`'s (inputs, targets, spoken): plain text blocks, and --copy-fraction of them copy exercises;
+    spoken (B, T) is True on the exercises' spoken parts."""
     n_copy = round(args.batch_size * args.copy_fraction)
     block = train[torch.randint(len(train), (args.batch_size - n_copy,), generator=g)]
     x, y = block[:, :-1], block[:, 1:]
+    spoken = torch.zeros_like(x, dtype=torch.bool)
     if n_copy:
-        cx, cy = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id, max_silence(step, args))
-        x, y = torch.cat([x, cx]), torch.cat([y, cy])
-    return x, y
+        cx, cy, cs = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id, max_silence(step, args), True)
+        x, y, spoken = torch.cat([x, cx]), torch.cat([y, cy]), torch.cat([spoken, cs])
+    return x, y, spoken
 
 
 @torch.no_grad()
-def evaluate(model, blocks: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """Mean CE per target token over (inputs, targets)."""
-    x, y = (b.to(model.tok_embeddings.weight.device) for b in blocks)
+def evaluate(model, blocks: tuple, max_noise: float = 0.0) -> float:
+    """Mean CE per target token over (inputs, targets[, spoken]); max_noise: spoken parts blurred (the same noise
+    every call)."""
+    x, y, *spoken = (b.to(model.tok_embeddings.weight.device) for b in blocks)
+    g = torch.Generator().manual_seed(0)
     tot = n = 0
     for i in range(0, len(x), 32):
         k = int((y[i: i + 32] != -100).sum())
-        tot, n = tot + lm_loss(model, x[i: i + 32], y[i: i + 32]).item() * k, n + k
+        embeds = blur(model.embed(x[i: i + 32]), spoken[0][i: i + 32], max_noise, g) if max_noise else None
+        tot, n = tot + lm_loss(model, x[i: i + 32], y[i: i + 32], embeds).item() * k, n + k
     return tot / max(1, n)
+
+
+def copy_report(model, valid_copy, args) -> str:
+    """The validation copy-exercise loss, and with --copy-noise the same exercises blurred."""
+    text = f"copy-exercise loss {evaluate(model, valid_copy):.3f}"
+    return text + (f", blurred (up to {args.copy_noise:g}x) {evaluate(model, valid_copy, args.copy_noise):.3f}"
+                   if args.copy_noise else "")
 
 
 def run(args):
@@ -223,7 +256,8 @@ def run(args):
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     g, rng = torch.Generator().manual_seed(args.seed), random.Random(args.seed)
     valid_text = (valid[:64, :-1], valid[:64, 1:])
-    valid_copy = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id)
+    valid_copy = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
+                             spoken=True)
     if args.copy_fraction > 0 and not (valid_copy[1] != -100).any():  # every exercise cut before its written part
         raise ValueError(f"--seq-len {args.seq_len}: too short for a copy exercise of these lines (a line's tokens, "
                          f"each with up to {MAX_SILENCE} slots of silence, then the line again); raise it or "
@@ -235,8 +269,10 @@ def run(args):
         lr = args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        x, y = batch(step, train, lines, args, rng, g, tok.pad_id, tok.eos_id)
-        loss = lm_loss(model, x.to(args.device), y.to(args.device))
+        x, y, spoken = batch(step, train, lines, args, rng, g, tok.pad_id, tok.eos_id)
+        x, y = x.to(args.device), y.to(args.device)
+        embeds = blur(model.embed(x), spoken.to(args.device), args.copy_noise, g) if args.copy_noise else None
+        loss = lm_loss(model, x, y, embeds)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -244,14 +280,13 @@ def run(args):
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
         if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
-            tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, copy-exercise loss "
-                       f"{evaluate(model, valid_copy):.3f} (silences up to {max_silence(step, args)})")
+            tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, "
+                       f"{copy_report(model, valid_copy, args)} (silences up to {max_silence(step, args)})")
             model.train()
     model.eval()
     v = evaluate(model, (valid[:, :-1], valid[:, 1:]))
-    c = evaluate(model, valid_copy)
     print(f"done in {time.time() - t0:.0f} s: train loss {loss.item():.3f}, valid loss {v:.3f} "
-          f"(perplexity {math.exp(v):.1f}), valid copy-exercise loss {c:.3f}")
+          f"(perplexity {math.exp(v):.1f}), valid {copy_report(model, valid_copy, args)}")
     save_llama(model.to(getattr(torch, args.dtype)), args.out)
 
 

@@ -14,7 +14,7 @@ from helpers import noise_utterances
 from decoder import Llama, LlamaConfig, load_llama, save_llama
 from model import load_model
 from tokenizer import Tokenizer, train_sentencepiece
-from train_lm import MAX_SILENCE, copy_exercise, lm_loss, load_lines, max_silence, text_blocks
+from train_lm import MAX_SILENCE, blur, copy_blocks, copy_exercise, lm_loss, load_lines, max_silence, text_blocks
 
 TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
 MORE = ["ол мектепке барады", "біз үйде отырмыз", "менің атым айгүл", "сен қайдан келдің", "ертең жаңбыр жауады",
@@ -251,6 +251,32 @@ def test_copy_exercise_targets_only_the_written_line():
         assert x[n - 1] == 1  # the prompt ends in silence, as an utterance does
         # targets: the last prompt position predicts the first token, then each written token the next, then EOS
         assert y[: n - 1] == [-100] * (n - 1) and y[n - 1:] == ids + [0, -100]
+
+
+def test_copy_blocks_mark_the_spoken_part_and_blur_changes_it_alone():
+    import random
+
+    x, y, spoken = copy_blocks([[5, 9], [7]], 3, 12, random.Random(0), pad_id=1, eos_id=0, max_silence=2,
+                               spoken=True)
+    assert x.shape == y.shape == spoken.shape == (3, 12) and spoken.dtype == torch.bool
+    for row_x, row_s in zip(x.tolist(), spoken.tolist()):
+        assert row_s[0]  # a block starts with an exercise's spoken part
+        starts = [j for j in range(12) if row_s[j] and (j == 0 or not row_s[j - 1])]
+        for a, b in zip(starts, starts[1:] + [None]):
+            end = next((j for j in range(a, 12) if not row_s[j]), 12)  # the spoken run [a, end)
+            written = [t for t in row_x[a:end] if t != 1] + [0]  # what follows it: the line once more, and EOS
+            assert row_x[end: end + len(written)] == written[: 12 - end]
+            assert b is None or b == end + len(written)  # and only that: the next exercise starts right after
+    torch.manual_seed(0)
+    llm = Llama(LlamaConfig(vocab_size=12, dim=16, n_layers=1, n_heads=2, n_kv_heads=2, ffn_dim=32))
+    e = llm.embed(x)
+    torch.testing.assert_close(lm_loss(llm, x, y, e), lm_loss(llm, x, y))  # the rows themselves: the same loss
+    b = blur(e, spoken, 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(b[~spoken], e[~spoken])  # the written part is never touched
+    moved = (b - e)[spoken].norm(dim=-1) / e[spoken].norm(dim=-1)
+    assert 0 < moved.max() < 6 and moved.mean() > 0.3  # up to ~2x the row's size, a uniform draw per block
+    assert torch.equal(b, blur(e, spoken, 2.0, torch.Generator().manual_seed(1)))  # seeded: a rerun is the same
+    assert torch.equal(blur(e, spoken, 0.0, torch.Generator().manual_seed(1)), e)
 
 
 def test_copy_exercises_start_without_silence_and_reach_the_full_silence_by_the_ramp():
