@@ -9,6 +9,11 @@ token (the text's tokens and EOS, no label smoothing):
     shuffled  the audio of another utterance of the set (each item paired with the next one)
     none      no audio: a single EOS as the prompt, the text-only LM's own start of a line
 
+With the model's tokenizer it also reads the prompt back as text: each projected audio frame as the decoder row
+nearest it in direction (what the decoder's first norm keeps), repeats merged and <pad> dropped, as CTC's greedy
+path with <pad> as the blank. Its CER against the transcripts says how plainly the projector writes what was said in
+the decoder's own words (the layout train_lm.py's copy exercises teach the decoder to read).
+
 gap = shuffled - own. Near 0: the decoder writes from its language model alone and the audio is decoration (then only
 CTC carries recognition). A few nats: the transcript is written from the audio. own < none < shuffled is the usual
 order: someone else's audio misleads more than none.
@@ -28,6 +33,7 @@ import cli
 from dataset import SpeechDataset, audio_problem, collate, read_manifest
 from decoder import DEVICES, pick_device
 from tokenizer import Tokenizer
+from wer import ErrorStats, corpus_stats
 
 
 @torch.no_grad()
@@ -47,6 +53,21 @@ def listen_sums(model, batch, eos_id: int) -> dict:
     return dict(own=ce(audio, audio_len), shuffled=ce(audio[roll], audio_len[roll]),
                 none=ce(none, torch.ones(B, dtype=torch.long, device=tokens.device)),
                 tokens=float(tok_len.sum() + B))
+
+
+@torch.no_grad()
+def prompt_tokens(llm, audio, lengths, pad_id: int) -> list[list[int]]:
+    """Projected audio (B, T', d) and lengths (B,) -> each item's prompt read as tokens: every frame's nearest row
+    (cosine), repeats merged, <pad> dropped: rows of [pad, 5, 5, pad, 7, pad, 7] -> [5, 7, 7]."""
+    from train import row_log_probs
+
+    rows = llm.embed(torch.arange(llm.vocab_size, device=audio.device))
+    best = row_log_probs(audio, rows).argmax(-1).tolist()  # (B, T')
+    out = []
+    for path, n in zip(best, lengths.tolist()):
+        path = path[:n]
+        out.append([t for i, t in enumerate(path) if t != pad_id and (i == 0 or t != path[i - 1])])
+    return out
 
 
 def items(batch) -> list[dict]:
@@ -70,16 +91,22 @@ def listen_batches(loader):
         yield held
 
 
-def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0) -> dict:
-    """Mean CE per target token under each prompt, over the loader's batches (the first max_utts, 0 = all)."""
+def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenizer=None) -> dict:
+    """Mean CE per target token under each prompt, over the loader's batches (the first max_utts, 0 = all); with a
+    tokenizer, also prompt_cer: the CER of the prompts read back as text (prompt_tokens)."""
     was_training = model.training
     model.eval()
     tot = dict(own=0.0, shuffled=0.0, none=0.0, tokens=0.0)
-    seen = 0
+    seen, refs, hyps = 0, [], []
     for batch in listen_batches(loader):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         for k, v in listen_sums(model, batch, eos_id).items():
             tot[k] += v
+        if tokenizer is not None:
+            with torch.no_grad():
+                _, audio, lengths = model.encode(batch["mel"], batch["mel_lengths"])
+            hyps += [tokenizer.decode(t) for t in prompt_tokens(model.llm, audio, lengths, tokenizer.pad_id)]
+            refs += [tokenizer.decode(t[:n].tolist()) for t, n in zip(batch["tokens"], batch["token_lengths"])]
         seen += batch["size"]
         if max_utts and seen >= max_utts:
             break
@@ -89,6 +116,8 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0) -> dict:
     out = {k: tot[k] / tot["tokens"] for k in ("own", "shuffled", "none")}
     out["gap"] = out["shuffled"] - out["own"]
     out["utterances"] = seen
+    if tokenizer is not None:
+        out["prompt_cer"] = sum(corpus_stats(refs, hyps, "char"), ErrorStats()).rate
     return out
 
 
@@ -127,12 +156,13 @@ def main(argv=None) -> int:
         data = SpeechDataset(rows, tokenizer, max_seconds=15.0, n_mels=model.encoder.cfg.n_mels,
                              level_dbfs=model.level_dbfs)  # the model's own front end, as decode.py
         loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, collate_fn=collate)
-        r = listen(model, loader, tokenizer.eos_id, device=device, max_utts=args.max_utts)
+        r = listen(model, loader, tokenizer.eos_id, device=device, max_utts=args.max_utts, tokenizer=tokenizer)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{r['utterances']} utterances, CE in nats/token: own audio {r['own']:.3f}, shuffled audio "
           f"{r['shuffled']:.3f}, no audio {r['none']:.3f}; listen gap (shuffled - own) {r['gap']:.3f}")
+    print(f"the prompt read back as text (each frame's nearest decoder row): CER {100 * r['prompt_cer']:.1f} %")
     return 1 if unreadable else 0  # decode.py's status when some file could not be read
 
 

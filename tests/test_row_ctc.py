@@ -74,3 +74,14 @@ def test_row_ctc_and_fit_flags_are_checked(kw, match):
     cfg = T.TrainConfig(train="x.jsonl", tokenizer="t.model", **kw)
     with pytest.raises(ValueError, match=match):
         T.check_config(cfg)
+
+
+def test_the_prompt_read_back_merges_repeats_drops_pad_and_stops_at_each_length():
+    from listen import prompt_tokens
+
+    llm = small_model().llm
+    rows = llm.tok_embeddings.weight.detach()
+    path = [PAD, 5, 5, PAD, 7, PAD, 7, 9]
+    audio = torch.stack([rows[path], 3 * rows[[8, 8, PAD, 6, 6, 6, 6, 6]]])  # the size of a frame does not matter
+    audio = audio + 1e-3 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
+    assert prompt_tokens(llm, audio, torch.tensor([7, 4]), PAD) == [[5, 7, 7], [8, 6]]
