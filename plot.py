@@ -50,7 +50,7 @@ from tokenizer import normalize  # noqa: E402
 UTTERANCE_PANELS = ("spectrogram", "ctc", "attention", "caption")
 # training-log panels: (title, y label, the log.jsonl keys drawn in it); train.py writes these keys
 CURVE_PANELS = (
-    ("loss", "nats", ("loss", "ce", "ctc", "valid_loss")),
+    ("loss", "nats", ("loss", "ce", "ctc", "row_ctc", "valid_loss")),
     ("learning rate", "lr", ("lr",)),
     ("gradient norm (before clipping)", "norm", ("grad_norm",)),
     ("validation error", "rate", ("valid_wer", "valid_cer")),

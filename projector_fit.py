@@ -8,7 +8,8 @@ the embedding row of the token spoken there (the first frame of its span), and <
 
 The projector is Linear then RMSNorm (recipe §2). Its Linear is the least-squares fit (ridge) of those rows on the
 encoder output; the norm's gain is set to the rows' typical size. The e2e stage then starts from a decoder that
-already reads the audio, and training refines the fit through the CE loss as the recipe says. The released model
+already reads the audio, and training refines the fit through the CE loss as the recipe says (and, in the teach
+preset, through train.py's row-CTC, which keeps the frames on the decoder's rows). The released model
 started its projector at random: `train.py --no-projector-fit`.
 
     python train.py --stage e2e                         # the teach preset fits the projector first

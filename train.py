@@ -12,7 +12,8 @@ CTC head on 0.7 CE + 0.3 CTC through the frozen Llama decoder. With no flags, tr
 stage (scripts/train_teaching_model.sh's): data/synth/{train,valid}.jsonl (made by `python data/prepare_synthetic.py
 all`), the shipped tokenizer and decoder in models/teach/, on CUDA with bfloat16 and batch 128 when there is a GPU,
 else on the CPU in float32, batch 32; `--stage e2e` is its second stage (from runs/teach/ctc/best: the projector fit
-of projector_fit.py, then 4 epochs at lr 1e-3). Every flag overrides; `--preset 300m` is the release's recipe. The original's flaws are fixed by default, each behind
+of projector_fit.py, then 4 epochs at lr 1e-3, with 0.3 of the row-CTC, a second CTC loss on the projected audio
+scored against the decoder's own embedding rows, added). Every flag overrides; `--preset 300m` is the release's recipe. The original's flaws are fixed by default, each behind
 a flag (--no-masks --no-vocab-fix --label-smoothing 0 give back the original's maths):
   --masks           padding masks in encoder and decoder, true lengths for CTC (the original had none)
   --vocab-fix       decoder rows the base Llama lacks (ids >= 50257 in the release) are trainable; the rest stays frozen
@@ -154,9 +155,9 @@ PRESET_RUNS = {"teach": dict(stage="ctc", train=os.path.relpath(REPO / "data/syn
                              tokenizer=os.path.relpath(REPO / "models/teach/tokenizer.model"),
                              decoder=os.path.relpath(REPO / "models/teach/decoder"), out="runs/teach/ctc")}
 # a preset's second stage: `python train.py --stage e2e` continues the teaching recipe from the ctc run's best/,
-# as scripts/train_teaching_model.sh does: the projector fit, then 4 epochs (1500 steps of 32)
+# as scripts/train_teaching_model.sh does: the projector fit, then 4 epochs (1500 steps of 32) with the row-CTC
 STAGE_PRESETS = {("teach", "e2e"): dict(init="runs/teach/ctc/best", out="runs/teach/e2e", lr=1e-3, epochs=4,
-                                        projector_fit=True)}
+                                        projector_fit=True, row_ctc_weight=0.3)}
 TEACH_DATA = "python data/prepare_synthetic.py all"  # the command that makes data/synth/ (README: the teaching model)
 GPU_BATCH = dict(batch_size=128, lr=4e-3, num_workers=4)  # teach on CUDA: 4x the batch, 2x the rate (sqrt rule)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the teaching model from nothing, on a CPU: data -> tokenizer -> small Llama | CTC -> E2E -> models/teach/.
-#   bash scripts/train_teaching_model.sh            (about 1 h 35 min on 2 cores; each stage's time is printed)
-# The small Llama and the CTC stage run side by side, one core each: the CTC stage trains the encoder and its CTC
+#   bash scripts/train_teaching_model.sh            (about 2 h on 2 cores; each stage's time is printed)
+# The small Llama's three stages and the CTC stage run side by side, one core each: the CTC stage trains the encoder and its CTC
 # head alone and reads only the decoder's width (of the shipped decoder, the same 192); the E2E stage takes the new one.
 # Every stage is a plain command you can run alone; outputs go to data/synth/ and $RUN (runs/teach/); the shipped
 # model to $SHIP_TO (models/teach/) and samples to $SAMPLES_TO (samples/).
@@ -29,17 +29,28 @@ stage data python data/prepare_synthetic.py all
 stage ood python data/prepare_synthetic.py ood        # the out-of-domain test set (README)
 stage degraded python data/prepare_synthetic.py degraded  # -20 dB, +12 dB, 8 kHz and noisy copies of the test set
 stage tokenizer python tokenizer.py --text data/synth/text/lm.txt --vocab-size 1024 --out "$RUN/tokenizer"
-# The LM (in the background, log in $RUN/lm.log): 512-token blocks, half of them copy exercises whose silences grow
-# over the first 40 % of the steps (the frozen LM must copy from a 250-frame prompt).
-stage lm python train_lm.py --text data/synth/text/lm.txt --tokenizer "$RUN/tokenizer.model" --out "$RUN/llama" \
-    --dim 192 --n-layers 4 --n-heads 4 --n-kv-heads 4 --ffn-dim 512 --seq-len 512 --batch-size 8 --steps 1500 \
-    --lr 3e-3 --copy-fraction 0.5 --silence-ramp 0.4 > "$RUN/lm.log" 2>&1 &
+# The LM (in the background, log in $RUN/lm.log), in three stages, each continuing the last (--init): 512-token
+# blocks, half of them copy exercises whose silences grow over the first 40 % of the steps (the frozen LM must copy
+# from a 250-frame prompt); then copy practice (7 of 8 blocks copy exercises); then copying from blurred prompts
+# (--copy-noise: embeddings near the right rows, as a projector writes them, not on them).
+lm() {
+    local common=(--text data/synth/text/lm.txt --tokenizer "$RUN/tokenizer.model")
+    stage lm python train_lm.py "${common[@]}" --out "$RUN/llama_base" --dim 192 --n-layers 4 --n-heads 4 \
+        --n-kv-heads 4 --ffn-dim 512 --seq-len 512 --batch-size 8 --steps 1500 --lr 3e-3 --copy-fraction 0.5 \
+        --silence-ramp 0.4
+    stage lm-copy python train_lm.py "${common[@]}" --init "$RUN/llama_base" --out "$RUN/llama_copy" --steps 1000 \
+        --lr 2e-3 --warmup 50 --copy-fraction 0.875 --silence-ramp 0
+    stage lm-blur python train_lm.py "${common[@]}" --init "$RUN/llama_copy" --out "$RUN/llama" --steps 600 \
+        --lr 1e-3 --warmup 50 --copy-fraction 0.5 --silence-ramp 0 --copy-noise 2.0 --eval-every 150
+}
+lm > "$RUN/lm.log" 2>&1 &
 lm=$!
 stage ctc python train.py --preset teach --stage ctc --train data/synth/train.jsonl --valid data/synth/valid.jsonl \
     --tokenizer "$RUN/tokenizer.model" --decoder models/teach/decoder --out "$RUN/ctc"
-wait $lm || { echo "the lm stage failed: $RUN/lm.log" >&2; exit 1; }
-tr "\r" "\n" < "$RUN/lm.log" | grep "^== \|^step \|^done"  # its time and validation lines
-# the projector fit, then 4 epochs (1500 steps of 32) of 0.7 CE + 0.3 CTC through the frozen LM (the teach preset)
+wait $lm || { echo "the lm stages failed: $RUN/lm.log" >&2; exit 1; }
+tr "\r" "\n" < "$RUN/lm.log" | grep "^== \|^step \|^done"  # their times and validation lines
+# the projector fit, then 4 epochs (1500 steps of 32) of 0.7 CE + 0.3 CTC + 0.3 row-CTC through the frozen LM (the
+# teach preset)
 stage e2e python train.py --preset teach --stage e2e --init "$RUN/ctc/best" --train data/synth/train.jsonl \
     --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/e2e"
 stage ship python scripts/ship_teaching_model.py --model "$RUN/e2e/best" --out "${SHIP_TO:-models/teach}" \

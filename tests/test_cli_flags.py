@@ -103,6 +103,7 @@ def test_plain_train_py_is_the_teaching_recipe(tmp_path):
     e2e = T.parse_args(["--stage", "e2e"])
     assert (e2e.init, e2e.out, e2e.lr, e2e.epochs, e2e.stop_at) == ("runs/teach/ctc/best", "runs/teach/e2e", 1e-3, 4, 0)
     assert e2e.projector_fit and not T.TrainConfig().projector_fit  # the teaching e2e stage fits; the release did not
+    assert e2e.row_ctc_weight == 0.3 and T.TrainConfig().row_ctc_weight == 0 == cfg.row_ctc_weight  # nor this
     assert T.parse_args(["--stage", "e2e", "--lr", "5e-4", "--out", "x"]).lr == 5e-4
     assert T.parse_args(["--batch-size", "4"]).batch_size == 4
     assert T.parse_args(["--preset", "300m", "--train", "t", "--tokenizer", "t"]).batch_size == 12
