@@ -11,8 +11,10 @@ from wer import char_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-LISTEN_MARGIN = 1.0  # nats/token between shuffled and own audio on the samples (measured: README)
-ATTENTION_CER = 0.70  # greedy (attention-only) CER bound on the samples (measured: README)
+LISTEN_MARGIN = 2.5  # nats/token between shuffled and own audio on the samples (measured 3.12; README)
+ATTENTION_CER = 0.45  # greedy (attention-only) CER bound on the samples (measured 0.341; README)
+# the samples' prompts read back as text (listen.py): measured 0.053; the model before the row-CTC: 0.903 on the test set
+PROMPT_CER = 0.15
 
 
 def references():
@@ -38,7 +40,7 @@ def test_shipped_samples_are_transcribed_within_a_cer_bound(capsys):
     def cer(names):
         return sum(char_stats(refs[n], hyps[str(SAMPLES / n)]).errors for n in names) / sum(len(refs[n]) for n in names)
     assert cer([n for n in refs if n.startswith("sample")]) <= 0.15, hyps  # test-set CER in README; 3 clips get slack
-    # the ~60 s file, in 8 s windows: long audio is this model's weak spot (README: 16.7 % CER on the 10 long files)
+    # the ~60 s file, in 8 s windows: long audio is this model's weak spot (README: 15.0 % CER on the 10 long files)
     assert cer(["long1.wav"]) <= 0.25, hyps[str(SAMPLES / "long1.wav")]
 
 
@@ -94,13 +96,16 @@ def test_the_decoder_reads_the_shipped_samples_audio():
     model = load_model(DEFAULT_MODEL)
     tok = Tokenizer.load(str(tokenizer_path(DEFAULT_MODEL)))
     data = SpeechDataset(rows, tok, level_dbfs=model.level_dbfs)
-    r = listen(model, torch.utils.data.DataLoader(data, batch_size=8, collate_fn=collate), tok.eos_id)
+    r = listen(model, torch.utils.data.DataLoader(data, batch_size=8, collate_fn=collate), tok.eos_id, tokenizer=tok)
     assert r["utterances"] == 3 and r["own"] < r["shuffled"] - LISTEN_MARGIN, r
+    # the projector writes what was said in the decoder's own rows (the row-CTC's doing)
+    assert r["prompt_cer"] <= PROMPT_CER, r
 
 
 def test_attention_only_decoding_of_the_shipped_samples_is_within_a_cer_bound(capsys):
     """The frozen decoder alone (greedy, no CTC) reads the samples: a decoder that ignored the audio would write
-    fluent text never said, with a CER near 100 % (the model before the projector fit: 87 % on the test set)."""
+    fluent text never said, with a CER near 100 % (the model before the projector fit: 87 % on the test set; the
+    model before the row-CTC and the blurred-copy LM: 57 % on these samples)."""
     torch.set_num_threads(1)
     refs = {n: t for n, t in references().items() if n.startswith("sample")}
     assert main([str(SAMPLES / n) for n in refs] + ["--mode", "greedy"]) == 0
