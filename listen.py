@@ -112,7 +112,7 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenize
             break
     model.train(was_training)
     if not tot["tokens"]:
-        raise ValueError("no readable utterances to test")
+        raise ValueError("no utterance with readable audio and a transcript to test")
     out = {k: tot[k] / tot["tokens"] for k in ("own", "shuffled", "none")}
     out["gap"] = out["shuffled"] - out["own"]
     out["utterances"] = seen

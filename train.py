@@ -508,7 +508,7 @@ def check_config(cfg: TrainConfig):
         ("weight_decay", 0 <= cfg.weight_decay < math.inf, ">= 0"), ("clip", 0 < cfg.clip < math.inf, "> 0"),
         ("epochs", cfg.epochs >= 0, ">= 0"), ("max_steps", cfg.max_steps >= 0, ">= 0"),
         ("ctc_loss_weight", 0 <= cfg.ctc_loss_weight <= 1, "in [0, 1]"),
-        ("row_ctc_weight", 0 <= cfg.row_ctc_weight < math.inf, ">= 0"),
+        ("row_ctc_weight", 0 <= cfg.row_ctc_weight <= 100, "in [0, 100]"),
         ("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         ("max_seconds", 0 < cfg.max_seconds < math.inf, "> 0"), ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"),
         ("save_every", cfg.save_every >= 1, ">= 1"), ("keep", cfg.keep >= 0, ">= 0 (0 keeps all)"),
@@ -524,6 +524,14 @@ def check_config(cfg: TrainConfig):
     for name, ok, want in ranges:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {want}")
+
+
+def check_out(out: Path, resume: bool):
+    """--out must be a folder (or not yet exist); a fresh start into a finished run's folder would mix two runs."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: not a folder")
+    if not resume and (checkpoints(out) or (out / "best").is_dir()):
+        raise ValueError(f"{out}: holds an earlier run's checkpoints; --resume continues it, or give another --out")
 
 
 def skipped_note(dataset):
@@ -683,8 +691,6 @@ def open_data(cfg: TrainConfig, tokenizer, n_mels: int, out: Path, proc: Process
         out.mkdir(parents=True, exist_ok=True)
         lock_out(out)
         remove_stale_temporaries(out)  # only now: the lock says no other run is writing them
-        if not cfg.resume and (checkpoints(out) or (out / "best").is_dir()):  # a fresh start would mix two runs
-            raise ValueError(f"{out}: holds an earlier run's checkpoints; --resume continues it, or give another --out")
     drop_unreadable([(cfg.train, train_set)] + ([(cfg.valid, valid_set)] if valid_set else []), cfg, out,
                     proc.master)
     if valid_set is not None and not len(valid_set):
@@ -706,8 +712,9 @@ class Progress:
 
     def __init__(self, cfg: TrainConfig, proc: Processes, out: Path, run: dict, start_step: int):
         self.cfg, self.proc, self.out, self.run = cfg, proc, out, run  # run: model, objective, optimizer, ...
-        # a fresh run's log starts anew (a run stopped before its first checkpoint leaves one behind); --resume adds
-        self.log = Log(out / "log.jsonl", fresh=not cfg.resume) if proc.master else None
+        # a run from step 0 starts its log anew (a run stopped before its first checkpoint leaves one behind, and
+        # --resume finds no checkpoint then); a resumed run adds to it
+        self.log = Log(out / "log.jsonl", fresh=start_step == 0) if proc.master else None
         # the bar on stdout, with the log lines: stderr carries only an error, one line
         self.bar = tqdm(total=run["max_steps"], initial=start_step, disable=not proc.master, dynamic_ncols=True,
                         file=sys.stdout)
@@ -788,6 +795,7 @@ def unaugmented(dataset):
 
 def start_run(cfg: TrainConfig, proc: Processes) -> dict:
     """Model, data, objective, optimiser and schedule; the step, data position and best loss to start from."""
+    check_out(Path(cfg.out), cfg.resume)  # before anything is loaded or read
     tokenizer = Tokenizer.load(cfg.tokenizer)
     model = build_model(cfg, tokenizer).to(proc.device)  # first: the features are the model's (n_mels)
     out = Path(cfg.out)

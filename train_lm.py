@@ -182,6 +182,8 @@ def check_args(args):
     for name, ok, want in ranges:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {want}")
+    if args.copy_noise and not args.copy_fraction:
+        raise ValueError(f"--copy-noise {args.copy_noise}: blurs copy exercises, but --copy-fraction 0 makes none")
     with torch.device("meta"):  # counted without memory
         n = sum(p.numel() for p in Llama(llama_config(args, vocab_size=1, eos_id=0, pad_id=0)).parameters())
     n += (1 << 20) * args.dim  # the embedding rows of a vocabulary up to 1M ids, before the tokenizer is read

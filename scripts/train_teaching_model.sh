@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # 1 thread + 1 data worker: on 2 busy cores, 2 threads each thrash
 RUN=${RUN:-runs/teach}
 for done in ctc e2e; do  # training refuses to start afresh over a run: say so before the data stage, not after
-    if [[ -e $RUN/$done ]]; then
+    if [[ -e $RUN/$done || -L $RUN/$done ]]; then
         echo "$0: $RUN/$done holds an earlier build; remove it, or set RUN to another folder" >&2
         exit 2
     fi
@@ -45,6 +45,7 @@ lm() {
 }
 lm > "$RUN/lm.log" 2>&1 &
 lm=$!
+trap 'pkill -P "$lm" 2>/dev/null; kill "$lm" 2>/dev/null; true' EXIT  # a failed ctc stage ends the LM stages too
 stage ctc python train.py --preset teach --stage ctc --train data/synth/train.jsonl --valid data/synth/valid.jsonl \
     --tokenizer "$RUN/tokenizer.model" --decoder models/teach/decoder --out "$RUN/ctc"
 wait $lm || { echo "the lm stages failed: $RUN/lm.log" >&2; exit 1; }

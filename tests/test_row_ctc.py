@@ -67,8 +67,9 @@ def test_row_ctc_alone_teaches_a_projector_to_write_the_decoders_rows():
 @pytest.mark.parametrize("kw, match", [
     (dict(stage="ctc", row_ctc_weight=0.3), "e2e-stage option"),
     (dict(stage="ctc", projector_fit=True), "e2e-stage option"),
-    (dict(stage="e2e", row_ctc_weight=-1.0), ">= 0"),
-    (dict(stage="e2e", row_ctc_weight=float("nan")), ">= 0"),
+    (dict(stage="e2e", row_ctc_weight=-1.0), r"in \[0, 100\]"),
+    (dict(stage="e2e", row_ctc_weight=float("nan")), r"in \[0, 100\]"),
+    (dict(stage="e2e", row_ctc_weight=1e30), r"in \[0, 100\]"),
 ])
 def test_row_ctc_and_fit_flags_are_checked(kw, match):
     cfg = T.TrainConfig(train="x.jsonl", tokenizer="t.model", **kw)

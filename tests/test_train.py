@@ -279,6 +279,14 @@ def test_copy_blocks_mark_the_spoken_part_and_blur_changes_it_alone():
     assert torch.equal(blur(e, spoken, 0.0, torch.Generator().manual_seed(1)), e)
 
 
+def test_train_lm_refuses_copy_noise_without_copy_exercises(capsys):
+    from train_lm import main as lm_main
+
+    with pytest.raises(SystemExit) as e:
+        lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", "--copy-noise", "2", "--copy-fraction", "0"])
+    assert e.value.code == 2 and "--copy-fraction 0 makes none" in capsys.readouterr().err
+
+
 def test_copy_exercises_start_without_silence_and_reach_the_full_silence_by_the_ramp():
     import random
     from types import SimpleNamespace

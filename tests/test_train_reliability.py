@@ -518,3 +518,16 @@ def test_a_fresh_run_into_a_finished_runs_folder_is_refused_and_a_fresh_log_star
     (fresh / "log.jsonl").write_text('{"step": 99}\n')  # a run stopped before its first checkpoint
     T.train(config(tiny, data, fresh))
     assert [json.loads(line)["step"] for line in open(fresh / "log.jsonl")] == [1, 2]
+    empty = tmp_path / "empty"  # --resume that finds no checkpoint starts at step 0: a new log too
+    empty.mkdir()
+    (empty / "log.jsonl").write_text('{"step": 99}\n')
+    T.train(config(tiny, data, empty, resume=True))
+    assert [json.loads(line)["step"] for line in open(empty / "log.jsonl")] == [1, 2]
+    # the refusal comes before anything is loaded (here: a tokenizer that is not there), and adds nothing
+    now = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="holds an earlier run's checkpoints"):
+        T.start_run(config(tiny, data, out, tokenizer="/nonexistent.model"), None)
+    assert sorted(p.name for p in out.iterdir()) == now
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        T.start_run(config(tiny, data, tmp_path / "file"), None)
