@@ -37,15 +37,16 @@ from wer import ErrorStats, corpus_stats
 
 
 @torch.no_grad()
-def listen_sums(model, batch, eos_id: int) -> dict:
-    """Summed CE (nats) of one batch under the three prompts, and the number of target tokens. Needs >= 2 items."""
+def listen_sums(model, batch, eos_id: int, encoded=None) -> dict:
+    """Summed CE (nats) of one batch under the three prompts, and the number of target tokens. Needs >= 2 items.
+    encoded: the batch's model.encode output, when the caller has it already."""
     from train import ce_loss, ce_targets  # the training loss: the diagnostic measures what training optimises
 
     mel, mel_len, tokens, tok_len = batch["mel"], batch["mel_lengths"], batch["tokens"], batch["token_lengths"]
     B = tokens.shape[0]
     if B < 2:
         raise ValueError("the listen test needs at least 2 utterances (one's audio prompts another's text)")
-    _, audio, audio_len = model.encode(mel, mel_len)  # (B, T', D)
+    _, audio, audio_len = encoded or model.encode(mel, mel_len)  # (B, T', D)
     none = model.llm.embed(torch.full((B, 1), eos_id, dtype=torch.long, device=tokens.device)).to(audio.dtype)
     roll = torch.roll(torch.arange(B, device=tokens.device), -1)  # item b hears item b+1's audio
     targets = ce_targets(tokens, tok_len, eos_id)
@@ -100,11 +101,12 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenize
     seen, refs, hyps = 0, [], []
     for batch in listen_batches(loader):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        for k, v in listen_sums(model, batch, eos_id).items():
+        with torch.no_grad():
+            encoded = model.encode(batch["mel"], batch["mel_lengths"])
+        for k, v in listen_sums(model, batch, eos_id, encoded).items():
             tot[k] += v
         if tokenizer is not None:
-            with torch.no_grad():
-                _, audio, lengths = model.encode(batch["mel"], batch["mel_lengths"])
+            _, audio, lengths = encoded
             hyps += [tokenizer.decode(t) for t in prompt_tokens(model.llm, audio, lengths, tokenizer.pad_id)]
             refs += [tokenizer.decode(t[:n].tolist()) for t, n in zip(batch["tokens"], batch["token_lengths"])]
         seen += batch["size"]
