@@ -795,10 +795,10 @@ def unaugmented(dataset):
 
 def start_run(cfg: TrainConfig, proc: Processes) -> dict:
     """Model, data, objective, optimiser and schedule; the step, data position and best loss to start from."""
-    check_out(Path(cfg.out), cfg.resume)  # before anything is loaded or read
+    out = Path(cfg.out)
+    check_out(out, cfg.resume)  # before anything is loaded or read
     tokenizer = Tokenizer.load(cfg.tokenizer)
     model = build_model(cfg, tokenizer).to(proc.device)  # first: the features are the model's (n_mels)
-    out = Path(cfg.out)
     train_set, valid_set = open_data(cfg, tokenizer, model.encoder.cfg.n_mels, out, proc)
     loader, sampler = make_loader(train_set, cfg, proc.rank, proc.world)
     steps_per_epoch = len(sampler.batches()) // cfg.grad_accum
