@@ -392,6 +392,10 @@ class Llama(nn.Module):
         new = F.embedding((ids - base).clamp(min=0), self.new_rows)
         return torch.where((ids >= base)[..., None], new, old)  # (B, T, dim)
 
+    def rows(self):
+        """Every id's embedding row, extended rows included: (vocab_size, dim)."""
+        return self.embed(torch.arange(self.vocab_size, device=self.tok_embeddings.weight.device))
+
     def forward(self, inputs_embeds, start: int = 0, caches: list[KVCache] | None = None,
                 positions=None, key_mask=None, attn_mask=None, attn_probs: list | None = None):
         """(B, T, dim) embeddings at slots [start, start+T) -> hidden (B, T, dim) after the final norm.

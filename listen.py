@@ -62,7 +62,7 @@ def prompt_tokens(llm, audio, lengths, pad_id: int) -> list[list[int]]:
     (cosine), repeats merged, <pad> dropped: rows of [pad, 5, 5, pad, 7, pad, 7] -> [5, 7, 7]."""
     from train import row_log_probs
 
-    rows = llm.embed(torch.arange(llm.vocab_size, device=audio.device))
+    rows = llm.rows()
     best = row_log_probs(audio, rows).argmax(-1).tolist()  # (B, T')
     out = []
     for path, n in zip(best, lengths.tolist()):

@@ -194,7 +194,7 @@ class Objective(nn.Module):
         loss = (1 - w) * ce / n_tokens + w * ctc / n_items
         if cfg.row_ctc_weight:
             llm = self.model.llm  # every id's row, the extended ones too; detached: only the audio side learns
-            rows = llm.embed(torch.arange(llm.vocab_size, device=out.audio.device)).detach()
+            rows = llm.rows().detach()
             row = ctc_loss(row_log_probs(out.audio, rows), out.enc_lengths, tokens, token_lengths, blank=self.pad_id)
             stats["row_ctc"] = row.item()
             loss = loss + cfg.row_ctc_weight * row / n_items
