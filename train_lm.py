@@ -55,17 +55,18 @@ MAX_SILENCE = 8  # <pad> positions after each "spoken" token, at most: ~5 prompt
 
 
 def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int,
-                  max_silence: int = MAX_SILENCE) -> tuple[list[int], list[int]]:
+                  max_silence: int = MAX_SILENCE, slips: float = 0.0, lines=None) -> tuple[list[int], list[int]]:
     """
     One line as a copy exercise shaped like the ASR prompt: the line "spoken" slowly (each token once, as a CTC
     spike, then 0..max_silence positions of <pad> silence), then the line written out, then EOS. Only the written
     part is a target:
         [5, 9] -> inputs  [pad, 5, pad, pad, 9, pad, 5, 9, eos]
                   targets [ -,  -,   -,   -, -,   5, 9, eos, -]
-    ~5 prompt positions a token, as 25 audio frames a second carry ~4 tokens.
+    ~5 prompt positions a token, as 25 audio frames a second carry ~4 tokens. slips > 0: the spoken line has a
+    recogniser's slips (misspeak), the written one is still the true line.
     """
     prompt = [pad_id] * rng.randint(0, max_silence)
-    for t in ids:
+    for t in misspeak(ids, rng, slips, lines) if slips else ids:
         prompt += [t] + [pad_id] * rng.randint(0, max_silence)
     prompt += [pad_id] * rng.randint(1, max(1, max_silence))
     inputs = prompt + ids + [eos_id]
@@ -73,16 +74,30 @@ def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int,
     return inputs, targets
 
 
+def misspeak(ids: list[int], rng: random.Random, p: float, lines: list[list[int]]) -> list[int]:
+    """The line as a recogniser might hear it: each token, with probability p, swapped for a token of a random line
+    (2 times in 3) or dropped (1 in 3). The decoder that reads such prompts learns to write the true line where its
+    own knowledge of the language outweighs one wrong token, not to copy every slip."""
+    out = []
+    for t in ids:
+        if rng.random() >= p:
+            out.append(t)
+        elif rng.random() < 2 / 3:
+            other = lines[rng.randrange(len(lines))]
+            out.append(other[rng.randrange(len(other))])
+    return out
+
+
 def copy_blocks(lines: list[list[int]], n: int, seq_len: int, rng: random.Random, pad_id: int, eos_id: int,
-                max_silence: int = MAX_SILENCE, spoken: bool = False):
+                max_silence: int = MAX_SILENCE, spoken: bool = False, slips: float = 0.0):
     """n blocks of copy exercises packed end to end -> (inputs, targets), each (n, seq_len); spoken=True adds a
-    third (n, seq_len) bool tensor, True on the spoken (prompt) part of each exercise."""
+    third (n, seq_len) bool tensor, True on the spoken (prompt) part of each exercise; slips: copy_exercise's."""
     xs, ys, ss = [], [], []
     for _ in range(n):
         x, y, sp = [], [], []
         while len(x) < seq_len:
             line = lines[rng.randrange(len(lines))]
-            a, b = copy_exercise(line, rng, pad_id, eos_id, max_silence)
+            a, b = copy_exercise(line, rng, pad_id, eos_id, max_silence, slips, lines)
             x, y = x + a, y + b
             n_spoken = len(a) - len(line) - 1  # what comes before the written line and its EOS
             sp += [True] * n_spoken + [False] * (len(line) + 1)
@@ -138,6 +153,10 @@ def main(argv=None):
                         "times a row's rms (a uniform draw per block; 2: down to cosine 0.45 with the row), so the "
                         "LM reads a prompt that is only near the right rows, as a projector's is; 0: exact rows "
                         "(default: %(default)s)")
+    p.add_argument("--copy-slips", type=float, default=0.0,
+                   help="share of the copy exercises' spoken tokens swapped for another line's token or dropped, "
+                        "as a recogniser slips; the written line stays true, so the LM learns to correct a prompt "
+                        "from what it knows of the language; 0: every spoken token right (default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250,
                    help="steps between validation lines (text and copy-exercise loss) (default: %(default)s)")
     p.add_argument("--init", default=None,
@@ -176,14 +195,17 @@ def check_args(args):
         ("valid_fraction", 0 <= args.valid_fraction < 1, "in [0, 1)"),
         ("copy_fraction", 0 <= args.copy_fraction <= 1, "in [0, 1]"),
         ("copy_noise", 0 <= args.copy_noise <= 100, "in [0, 100]"),
+        ("copy_slips", 0 <= args.copy_slips <= 1, "in [0, 1]"),
         ("silence_ramp", 0 <= args.silence_ramp <= 1, "in [0, 1]"), ("eval_every", args.eval_every >= 1, ">= 1"),
         ("seed", 0 <= args.seed < 2**32, "in [0, 2**32 - 1]"),
     ]
     for name, ok, want in ranges:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {want}")
-    if args.copy_noise and not args.copy_fraction:
-        raise ValueError(f"--copy-noise {args.copy_noise}: blurs copy exercises, but --copy-fraction 0 makes none")
+    for name in ("copy_noise", "copy_slips"):
+        if getattr(args, name) and not args.copy_fraction:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: changes copy exercises, but "
+                             "--copy-fraction 0 makes none")
     with torch.device("meta"):  # counted without memory
         n = sum(p.numel() for p in Llama(llama_config(args, vocab_size=1, eos_id=0, pad_id=0)).parameters())
     n += (1 << 20) * args.dim  # the embedding rows of a vocabulary up to 1M ids, before the tokenizer is read
@@ -214,7 +236,8 @@ def batch(step, train, lines, args, rng, g, pad_id, eos_id):
     x, y = block[:, :-1], block[:, 1:]
     spoken = torch.zeros_like(x, dtype=torch.bool)
     if n_copy:
-        cx, cy, cs = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id, max_silence(step, args), True)
+        cx, cy, cs = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id, max_silence(step, args), True,
+                                 args.copy_slips)
         x, y, spoken = torch.cat([x, cx]), torch.cat([y, cy]), torch.cat([spoken, cs])
     return x, y, spoken
 
@@ -233,11 +256,14 @@ def evaluate(model, blocks: tuple, max_noise: float = 0.0) -> float:
     return tot / max(1, n)
 
 
-def copy_report(model, valid_copy, args) -> str:
-    """The validation copy-exercise loss, and with --copy-noise the same exercises blurred."""
+def copy_report(model, valid_copy, args, valid_slips=None) -> str:
+    """The validation copy-exercise loss, with --copy-noise the same exercises blurred, and with --copy-slips
+    exercises whose spoken lines slip (valid_slips)."""
     text = f"copy-exercise loss {evaluate(model, valid_copy):.3f}"
-    return text + (f", blurred (up to {args.copy_noise:g}x) {evaluate(model, valid_copy, args.copy_noise):.3f}"
-                   if args.copy_noise else "")
+    text += (f", blurred (up to {args.copy_noise:g}x) {evaluate(model, valid_copy, args.copy_noise):.3f}"
+             if args.copy_noise else "")
+    return text + (f", with slips{' and blurred' if args.copy_noise else ''} "
+                   f"{evaluate(model, valid_slips, args.copy_noise):.3f}" if valid_slips else "")
 
 
 def run(args):
@@ -260,6 +286,8 @@ def run(args):
     valid_text = (valid[:64, :-1], valid[:64, 1:])
     valid_copy = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
                              spoken=True)
+    valid_slips = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
+                              spoken=True, slips=args.copy_slips) if args.copy_slips else None
     if args.copy_fraction > 0 and not (valid_copy[1] != -100).any():  # every exercise cut before its written part
         raise ValueError(f"--seq-len {args.seq_len}: too short for a copy exercise of these lines (a line's tokens, "
                          f"each with up to {MAX_SILENCE} slots of silence, then the line again); raise it or "
@@ -283,12 +311,12 @@ def run(args):
         if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
             tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, "
-                       f"{copy_report(model, valid_copy, args)} (silences up to {max_silence(step, args)})")
+                       f"{copy_report(model, valid_copy, args, valid_slips)} (silences up to {max_silence(step, args)})")
             model.train()
     model.eval()
     v = evaluate(model, (valid[:, :-1], valid[:, 1:]))
     print(f"done in {time.time() - t0:.0f} s: train loss {loss.item():.3f}, valid loss {v:.3f} "
-          f"(perplexity {math.exp(v):.1f}), valid {copy_report(model, valid_copy, args)}")
+          f"(perplexity {math.exp(v):.1f}), valid {copy_report(model, valid_copy, args, valid_slips)}")
     save_llama(model.to(getattr(torch, args.dtype)), args.out)
 
 

@@ -14,7 +14,8 @@ from helpers import noise_utterances
 from decoder import Llama, LlamaConfig, load_llama, save_llama
 from model import load_model
 from tokenizer import Tokenizer, train_sentencepiece
-from train_lm import MAX_SILENCE, blur, copy_blocks, copy_exercise, lm_loss, load_lines, max_silence, text_blocks
+from train_lm import (MAX_SILENCE, blur, copy_blocks, copy_exercise, lm_loss, load_lines, max_silence, misspeak,
+                      text_blocks)
 
 TEXTS = ["сәлеметсіз бе", "бүгін ауа райы жақсы", "қазақ тілі өте әдемі", "мен кітап оқығанды жақсы көремін"]
 MORE = ["ол мектепке барады", "біз үйде отырмыз", "менің атым айгүл", "сен қайдан келдің", "ертең жаңбыр жауады",
@@ -279,12 +280,37 @@ def test_copy_blocks_mark_the_spoken_part_and_blur_changes_it_alone():
     assert torch.equal(blur(e, spoken, 0.0, torch.Generator().manual_seed(1)), e)
 
 
-def test_train_lm_refuses_copy_noise_without_copy_exercises(capsys):
+@pytest.mark.parametrize("flag", ["--copy-noise", "--copy-slips"])
+def test_train_lm_refuses_copy_changes_without_copy_exercises(flag, capsys):
     from train_lm import main as lm_main
 
     with pytest.raises(SystemExit) as e:
-        lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", "--copy-noise", "2", "--copy-fraction", "0"])
+        lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", flag, "0.5", "--copy-fraction", "0"])
     assert e.value.code == 2 and "--copy-fraction 0 makes none" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", "--copy-slips", "1.5"])
+    assert e.value.code == 2 and "--copy-slips 1.5: must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_misspoken_exercises_slip_at_the_rate_asked_and_still_write_the_true_line():
+    import random
+
+    lines = [[10 + i for i in range(j, j + 5)] for j in range(0, 200, 5)]  # 40 lines, 200 distinct ids >= 10
+    said = [misspeak(line, random.Random(k), 0.3, lines) for k, line in enumerate(lines * 25)]
+    total = 5 * len(said)
+    kept = sum(sum(a == b for a, b in zip(s, l)) for s, l in zip(said, lines * 25) if len(s) == 5)
+    dropped = total - sum(map(len, said))
+    assert 0.08 < dropped / total < 0.12  # 1 in 3 slips drops the token: 0.1
+    assert all(t in range(10, 210) for s in said for t in s)  # a swap takes another line's token, never a special id
+    assert kept / sum(5 for s in said if len(s) == 5) < 0.9  # lines that kept their length still have swaps in them
+    assert misspeak(lines[0], random.Random(0), 0.0, lines) == lines[0]
+    assert misspeak(lines[0], random.Random(0), 1.0, lines) != lines[0]
+    rng_a, rng_b = random.Random(4), random.Random(4)
+    assert copy_exercise(lines[3], rng_a, 1, 0) == copy_exercise(lines[3], rng_b, 1, 0, slips=0.0, lines=lines)
+    x, y = copy_exercise(lines[3], random.Random(5), 1, 0, slips=1.0, lines=lines)  # every spoken token slips
+    n = len(x) - len(lines[3]) - 1
+    assert x[n:] == lines[3] + [0] and y[n - 1:] == lines[3] + [0, -100]  # the written line and targets stay true
+    assert [t for t in x[:n] if t != 1] != lines[3]
 
 
 def test_copy_exercises_start_without_silence_and_reach_the_full_silence_by_the_ramp():
