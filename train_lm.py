@@ -44,10 +44,11 @@ def load_lines(text_path, tokenizer, valid_fraction, seed) -> tuple[list[list[in
 
 
 def text_blocks(lines: list[list[int]], seq_len: int, eos_id: int) -> torch.Tensor:
-    """Lines packed with EOS between them -> (n_blocks, seq_len + 1) token ids (a tiny split may wrap once)."""
+    """Lines packed with EOS between them -> (n_blocks, seq_len + 1) token ids (a tiny split wraps round)."""
     ids = [i for line in lines for i in line + [eos_id]]
     n = max(1, (len(ids) - 1) // seq_len)
-    ids = torch.tensor((ids * 2)[: n * seq_len + 1])
+    need = n * seq_len + 1
+    ids = torch.tensor((ids * -(-need // len(ids)))[:need])  # a split shorter than one block repeats to fill it
     return torch.stack([ids[i * seq_len: (i + 1) * seq_len + 1] for i in range(n)])
 
 
@@ -154,9 +155,10 @@ def main(argv=None):
                         "LM reads a prompt that is only near the right rows, as a projector's is; 0: exact rows "
                         "(default: %(default)s)")
     p.add_argument("--copy-slips", type=float, default=0.0,
-                   help="share of the copy exercises' spoken tokens swapped for another line's token or dropped, "
-                        "as a recogniser slips; the written line stays true, so the LM learns to correct a prompt "
-                        "from what it knows of the language; 0: every spoken token right (default: %(default)s)")
+                   help="chance that a copy exercise's spoken token slips, as a recogniser's do: swapped for a token "
+                        "of a random line (maybe the same one) or dropped; the written line stays true, so the LM "
+                        "learns to correct a prompt from what it knows of the language; 0: every spoken token right "
+                        "(default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250,
                    help="steps between validation lines (text and copy-exercise loss) (default: %(default)s)")
     p.add_argument("--init", default=None,
@@ -203,9 +205,10 @@ def check_args(args):
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {want}")
     for name in ("copy_noise", "copy_slips"):
-        if getattr(args, name) and not args.copy_fraction:
+        if getattr(args, name) and not round(args.batch_size * args.copy_fraction):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: changes copy exercises, but "
-                             "--copy-fraction 0 makes none")
+                             f"--copy-fraction {args.copy_fraction:g} makes none"
+                             + (f" in a --batch-size {args.batch_size} batch" if args.copy_fraction else ""))
     with torch.device("meta"):  # counted without memory
         n = sum(p.numel() for p in Llama(llama_config(args, vocab_size=1, eos_id=0, pad_id=0)).parameters())
     n += (1 << 20) * args.dim  # the embedding rows of a vocabulary up to 1M ids, before the tokenizer is read
@@ -258,7 +261,8 @@ def evaluate(model, blocks: tuple, max_noise: float = 0.0) -> float:
 
 def copy_report(model, valid_copy, args, valid_slips=None) -> str:
     """The validation copy-exercise loss, with --copy-noise the same exercises blurred, and with --copy-slips
-    exercises whose spoken lines slip (valid_slips)."""
+    exercises whose spoken lines slip (valid_slips: the same seed, but slips change the draws after them, so not the
+    same exercises)."""
     text = f"copy-exercise loss {evaluate(model, valid_copy):.3f}"
     text += (f", blurred (up to {args.copy_noise:g}x) {evaluate(model, valid_copy, args.copy_noise):.3f}"
              if args.copy_noise else "")

@@ -213,6 +213,19 @@ def test_train_lm_blocks_too_short_for_a_copy_exercise_are_one_line(tiny, tmp_pa
     assert e.value.code == 2 and "--seq-len 8: too short for a copy exercise" in err and "\n" not in err
     assert not (tmp_path / "lm").exists()
     train_lm.main(argv + ["--seq-len", "8", "--copy-fraction", "0"])  # plain text blocks need no exercise
+
+
+def test_train_lm_text_shorter_than_one_block_still_trains(tiny, tmp_path):
+    """A training split of fewer ids than half a block used to give text blocks shorter than the copy blocks joined
+    to them (a traceback from torch.cat); it now wraps round to fill the block."""
+    import train_lm
+    (tmp_path / "lm.txt").write_text("бір екі\nүш\nтөрт бес\n", encoding="utf-8")
+    train_lm.main(["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--out", str(tmp_path / "lm"),
+                   "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-dim", "64", "--steps", "2",
+                   "--seq-len", "128", "--batch-size", "4", "--valid-fraction", "0.34", "--copy-slips", "0.5"])
+    assert (tmp_path / "lm" / "model.safetensors").exists()
+    blocks = train_lm.text_blocks([[5, 6], [7]], seq_len=16, eos_id=0)
+    assert blocks.shape == (1, 17) and blocks[0, :10].tolist() == [5, 6, 0, 7, 0, 5, 6, 0, 7, 0]
     assert (tmp_path / "lm" / "model.safetensors").exists()
 
 

@@ -287,6 +287,10 @@ def test_train_lm_refuses_copy_changes_without_copy_exercises(flag, capsys):
     with pytest.raises(SystemExit) as e:
         lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", flag, "0.5", "--copy-fraction", "0"])
     assert e.value.code == 2 and "--copy-fraction 0 makes none" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a share that rounds to no exercise in the batch: none either
+        lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", flag, "0.5", "--copy-fraction", "0.1",
+                 "--batch-size", "4"])
+    assert e.value.code == 2 and "--copy-fraction 0.1 makes none in a --batch-size 4 batch" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         lm_main(["--text", "t.txt", "--tokenizer", "t.model", "--out", "o", "--copy-slips", "1.5"])
     assert e.value.code == 2 and "--copy-slips 1.5: must be in [0, 1]" in capsys.readouterr().err
