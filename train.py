@@ -154,9 +154,11 @@ PRESET_RUNS = {"teach": dict(stage="ctc", train=os.path.relpath(REPO / "data/syn
                              valid=os.path.relpath(REPO / "data/synth/valid.jsonl"),
                              tokenizer=os.path.relpath(REPO / "models/teach/tokenizer.model"),
                              decoder=os.path.relpath(REPO / "models/teach/decoder"), out="runs/teach/ctc")}
-# a preset's second stage: `python train.py --stage e2e` continues the teaching recipe from the ctc run's best/,
+# a preset's values for one stage: the teaching ctc stage runs 8 epochs (3000 steps of 32: on augmented audio it
+# was still learning at 1500); `python train.py --stage e2e` continues the teaching recipe from the ctc run's best/,
 # as scripts/train_teaching_model.sh does: the projector fit, then 4 epochs (1500 steps of 32) with the row-CTC
-STAGE_PRESETS = {("teach", "e2e"): dict(init="runs/teach/ctc/best", out="runs/teach/e2e", lr=1e-3, epochs=4,
+STAGE_PRESETS = {("teach", "ctc"): dict(epochs=8),
+                 ("teach", "e2e"): dict(init="runs/teach/ctc/best", out="runs/teach/e2e", lr=1e-3, epochs=4,
                                         projector_fit=True, row_ctc_weight=0.3)}
 TEACH_DATA = "python data/prepare_synthetic.py all"  # the command that makes data/synth/ (README: the teaching model)
 GPU_BATCH = dict(batch_size=128, lr=4e-3, num_workers=4)  # teach on CUDA: 4x the batch, 2x the rate (sqrt rule)

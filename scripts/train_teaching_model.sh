@@ -46,6 +46,7 @@ lm() {
 lm > "$RUN/lm.log" 2>&1 &
 lm=$!
 trap 'pkill -P "$lm" 2>/dev/null; kill "$lm" 2>/dev/null; true' EXIT  # a failed ctc stage ends the LM stages too
+# the encoder and its CTC head: 8 epochs (3000 steps of 32, the teach preset's ctc stage) on augmented audio
 stage ctc python train.py --preset teach --stage ctc --train data/synth/train.jsonl --valid data/synth/valid.jsonl \
     --tokenizer "$RUN/tokenizer.model" --decoder models/teach/decoder --out "$RUN/ctc"
 wait $lm || { echo "the lm stages failed: $RUN/lm.log" >&2; exit 1; }

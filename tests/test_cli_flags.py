@@ -96,7 +96,8 @@ def test_plain_train_py_is_the_teaching_recipe(tmp_path):
     continues from its best/; any flag overrides; missing teaching data name the command that makes them."""
     import train as T
     cfg = T.parse_args([])
-    assert (cfg.stage, cfg.encoder, cfg.out, cfg.init) == ("ctc", "teach", "runs/teach/ctc", "")
+    assert (cfg.stage, cfg.encoder, cfg.out, cfg.init, cfg.epochs) == ("ctc", "teach", "runs/teach/ctc", "", 8)
+    assert T.parse_args(["--stage", "ctc"]).epochs == 8 and T.parse_args(["--preset", "300m"]).epochs == 5
     assert Path(cfg.train).resolve() == ROOT / "data/synth/train.jsonl"
     assert Path(cfg.tokenizer).resolve() == ROOT / "models/teach/tokenizer.model"
     assert Path(cfg.decoder).resolve() == ROOT / "models/teach/decoder"
