@@ -13,8 +13,9 @@ Modes (the strategies themselves are in search.py and ctc.py):
   beam       attention beam search, length-normalised
   joint      joint CTC/attention one-pass beam search (the default: DEFAULT_MODE below)
   ctc        CTC greedy alone: the encoder without the decoder
-Every mode but reference decodes files of any length: windows of 15 s overlapping by 5 s, spliced at the
-seams by the CTC word timings (longform.py). Texts are normalised as recipe §5 says.
+Every mode but reference decodes files of any length, in windows of at most 15 s: by default each window ends at
+a pause (the quietest stretch of its second half) and their texts are joined; `--long-cut overlap` gives windows
+overlapping by 5 s, spliced at the seams by the CTC word timings (longform.py). Texts are normalised as recipe §5 says.
 
 A file that cannot be read (not a regular file, a broken header, a cut or corrupt stream) gets a one-line error
 on stderr naming it; the others are still transcribed, and the exit status is 1 at the end (2 when the model or
@@ -65,7 +66,8 @@ class DecodeOptions:
     chunked: bool = False          # reference: the original's chunking instead of the 15 s cut
     timestamps: bool = False       # word start/end times from the CTC alignment
     window: float = longform.WINDOW_SECONDS    # long files: window length (s)
-    overlap: float = longform.OVERLAP_SECONDS  # long files: overlap of neighbouring windows (s)
+    overlap: float = longform.OVERLAP_SECONDS  # long files: overlap of neighbouring windows (s), long_cut="overlap"
+    long_cut: str = "pauses"       # long files: windows cut at pauses, or overlapping and spliced (longform.CUTS)
 
 
 # what each numeric option may be: (flag, least, most, integer); the most bound memory and time (beams x KV cache,
@@ -88,6 +90,8 @@ def check_options(o: DecodeOptions):
     """ValueError, one line, for an option that is not a finite number in its LIMITS, or an unknown mode."""
     if o.mode not in MODES:
         raise ValueError(f"unknown mode {o.mode!r}; choose one of {', '.join(MODES)}")
+    if o.long_cut not in longform.CUTS:
+        raise ValueError(f"unknown --long-cut {o.long_cut!r}; choose one of {', '.join(longform.CUTS)}")
     for name, (flag, lo, hi, integer) in LIMITS.items():
         v = getattr(o, name)
         if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
@@ -246,11 +250,19 @@ class Transcriber:
     # -- long files ----------------------------------------------------------------------------------------------
 
     def _long(self, name: str, item) -> dict:
-        """Windows decoded in batches and spliced at the seams; memory bounded by batch_size windows."""
+        """Windows decoded in batches, then joined (long_cut="pauses") or spliced at the seams; memory bounded by
+        batch_size windows."""
+        o = self.opt
+        spans = None
+        if o.long_cut == "pauses":  # one pass over the file for its loudness, then windows that end at pauses
+            level = (longform.loudness(longform.frame_power(item.reshape(-1).float())) if isinstance(item, torch.Tensor)
+                     else longform.file_loudness(item))
+            n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)
+            spans = longform.pause_spans(level, n, round(o.window * SAMPLE_RATE))
         if isinstance(item, torch.Tensor):
-            windows = _tensor_windows(item, self.opt.window, self.opt.overlap)
+            windows = _tensor_windows(item, o.window, o.overlap, spans)
         else:
-            windows = longform.AudioWindows(item, self.opt.window, self.opt.overlap)  # read one at a time
+            windows = longform.AudioWindows(item, o.window, o.overlap, spans=spans)  # read one at a time
         spliced, pending = [], []
         for start, wav in windows:
             pending.append((start, wav))
@@ -258,7 +270,7 @@ class Transcriber:
                 spliced += self._decode_pending(pending)
                 pending = []
         spliced += self._decode_pending(pending) if pending else []
-        words = longform.merge_words(spliced)
+        words = longform.merge_words(spliced) if spans is None else [w for _, _, ws in spliced for w in ws]
         out = {"audio": name, "text": " ".join(w["word"] for w in words)}
         if self.opt.timestamps:
             out["words"] = words
@@ -353,10 +365,11 @@ def _samples(path) -> int:
     return longform.n_resampled(frames, sr)
 
 
-def _tensor_windows(wav: torch.Tensor, window: float, overlap: float):
+def _tensor_windows(wav: torch.Tensor, window: float, overlap: float, spans=None):
     w, o = round(window * SAMPLE_RATE), round(overlap * SAMPLE_RATE)
-    for start in longform.window_starts(wav.shape[-1], w, o):
-        yield start, wav.reshape(-1)[start: start + w].float()
+    spans = spans or [(s, s + w) for s in longform.window_starts(wav.shape[-1], w, o)]
+    for start, end in spans:
+        yield start, wav.reshape(-1)[start: end].float()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -412,9 +425,14 @@ def add_decoding_args(p: argparse.ArgumentParser):
     d.add_argument("--window", type=float, default=None,
                    help=f"long files (not reference): window length in seconds (default: the model folder's "
                         f"`decode.window`, else {DecodeOptions.window}, the release's training length)")
+    d.add_argument("--long-cut", choices=longform.CUTS, default=None,
+                   help="long files (not reference): pauses: windows of at most --window that do not overlap, "
+                        "each ending at the quietest stretch of its second half, their texts joined; overlap: "
+                        "windows of --window sharing --overlap seconds, spliced at a word both agree on "
+                        f"(default: the model folder's `decode.long_cut`, else {DecodeOptions.long_cut})")
     d.add_argument("--overlap", type=float, default=None,
-                   help=f"long files: seconds shared by neighbouring windows, spliced in the middle (default: the "
-                        f"model folder's `decode.overlap`, else {DecodeOptions.overlap})")
+                   help=f"long files, --long-cut overlap: seconds shared by neighbouring windows, spliced in the middle "
+                        f"(default: the model folder's `decode.overlap`, else {DecodeOptions.overlap})")
     return p
 
 
@@ -464,7 +482,7 @@ def parse_args(argv=None):
     p = cli.ArgumentParser(
         description="Transcribe Kazakh speech with a SozKZ ASR model (the teaching model by default, or the "
                     "released checkpoint-92000). Prints the normalised transcript (recipe §5).",
-        epilog="Files longer than --window are transcribed whole in overlapping windows (not in reference mode, "
+        epilog="Files longer than --window are transcribed whole in windows cut at pauses (not in reference mode, "
                "which cuts at 15 s as the original did unless --chunked). Exit status: 0 all files transcribed, "
                "1 some file failed (one line each on stderr; the others are still transcribed), 2 bad arguments "
                "or model, 141 the output pipe was closed (e.g. by head).",

@@ -11,13 +11,21 @@ found by aligning the two word runs as difflib does, longest common runs first),
 of the overlap; without one, at the middle of the overlap by time. Edges, where a window cuts a word in
 two, are never used.
 
+Or, the default (`decode.py --long-cut pauses`), windows that do not overlap, each cut at a pause: the file's
+loudness (10 ms frames, smoothed over 100 ms) is read in one pass, and each window ends at the quietest stretch of
+its second half, in the middle of the latest run within PAUSE_DB of the quietest frame there (in a long pause, 0.2 s
+before its end). A clip the model
+hears then starts and ends between words, as its training clips did, and the windows' texts are simply joined.
+Continuous speech without a pause is still cut at its quietest moment, which may be inside a word.
+
 Also the original's chunking (recipe §9), kept for `--mode reference --chunked`: 15 s chunks every 12 s, a last
 chunk under 1 s dropped, consecutive identical chunk texts removed, the rest joined with a space.
-Not here: voice activity detection, or splicing by anything but words.
+Not here: a trained voice activity detector, or splicing by anything but words.
 """
 import difflib
 
 import torch
+import torch.nn.functional as F
 
 import mel
 from mel import SAMPLE_RATE, AudioError
@@ -27,6 +35,11 @@ OVERLAP_SECONDS = 5.0  # context each side of a seam: the splice point sits ~2.5
 AGREE_SECONDS = 1.0  # the same word seen by two windows starts within this much
 REF_STRIDE_SECONDS = 12.0  # the original's chunking: 15 s chunks, 3 s overlap
 REF_MIN_LAST_SECONDS = 1.0  # ... and a last chunk shorter than this dropped
+PAUSE_HOP = 160  # samples (10 ms at 16 kHz) per frame of the loudness track pauses are found in
+PAUSE_SMOOTH = 11  # frames (~100 ms) the track is averaged over: a pause is a quiet stretch, not one quiet sample
+PAUSE_DB = 3.0  # frames this close to the quietest one of the search range count as the same pause
+PAUSE_LEAD = 20  # frames (0.2 s): the most of a long pause a window starts with; the window before ends with the rest
+CUTS = ("pauses", "overlap")  # decode.py --long-cut: how a long file is cut into windows
 
 
 def window_starts(n_samples: int, window: int, overlap: int) -> list[int]:
@@ -61,21 +74,73 @@ class AudioWindows:
     raises AudioError when its window is reached.
     """
 
-    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS, starts_of=None):
+    def __init__(self, path, window_s: float = WINDOW_SECONDS, overlap_s: float = OVERLAP_SECONDS, starts_of=None,
+                 spans=None):
         self.path = str(path)
         self.frames, self.sr = audio_info(self.path)
         self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)
         self.window, self.overlap = round(window_s * SAMPLE_RATE), round(overlap_s * SAMPLE_RATE)
         self.starts = (starts_of(self.n_samples) if starts_of else
                        window_starts(self.n_samples, self.window, self.overlap))
+        self.ends = [min(s + self.window, self.n_samples) for s in self.starts]
+        if spans is not None:  # [(start, end)] given (pause_spans): windows of their own lengths
+            self.starts, self.ends = [s for s, _ in spans], [e for _, e in spans]
 
     def __len__(self):
         return len(self.starts)
 
     def __iter__(self):
         with mel.open_audio(self.path) as f:
-            for start in self.starts:
-                yield start, mel.read_resampled(f, start, min(start + self.window, self.n_samples), self.path)
+            for start, end in zip(self.starts, self.ends):
+                yield start, mel.read_resampled(f, start, end, self.path)
+
+
+def frame_power(wav: torch.Tensor) -> torch.Tensor:
+    """(n,) samples -> (n // PAUSE_HOP,) mean power of each 10 ms frame (a last partial frame dropped)."""
+    n = wav.shape[-1] // PAUSE_HOP
+    return wav[: n * PAUSE_HOP].double().reshape(n, PAUSE_HOP).pow(2).mean(1)
+
+
+def loudness(power: torch.Tensor) -> torch.Tensor:
+    """Frame powers (m,) -> dB (m,), each the mean over PAUSE_SMOOTH frames around it (fewer at the ends)."""
+    p = F.avg_pool1d(power[None, None], PAUSE_SMOOTH, 1, PAUSE_SMOOTH // 2, count_include_pad=False)[0, 0]
+    return 10 * torch.log10(p + 1e-12)
+
+
+def pause_spans(level_db: torch.Tensor, n_samples: int, window: int) -> list[tuple[int, int]]:
+    """[start, end) samples of windows of at most `window` samples covering n_samples, none overlapping: each cut in
+    its second half (and at least half a window before the end), in the middle of the latest quiet run (within
+    PAUSE_DB of the quietest frame there), or PAUSE_LEAD frames before its end if that is later.
+
+    level_db: loudness() of the file's frames. A file no longer than one window is one span.
+    """
+    spans, start = [], 0
+    while n_samples - start > window:
+        # in the window's second half, and leaving at least half a window after it: no sliver of a last window
+        lo, hi = (start + window // 2) // PAUSE_HOP, min(start + window, n_samples - window // 2) // PAUSE_HOP
+        seg = level_db[lo:hi]
+        if len(seg) == 0:  # a window of a frame or two, or just over one window left: cut by length alone
+            cut = start + min(window, (n_samples - start) // 2)
+        else:
+            quiet = (seg <= seg.min() + PAUSE_DB).nonzero()[:, 0].tolist()
+            last = first = quiet[-1]
+            while first - 1 in quiet[-(last - first + 2):]:  # back to the start of that run
+                first -= 1
+            at = max((first + last + 1) // 2, last + 1 - PAUSE_LEAD)  # mid-pause, or PAUSE_LEAD before its end
+            cut = min(start + window, max(start + 1, (lo + at) * PAUSE_HOP))
+        spans.append((start, cut))
+        start = cut
+    return spans + [(start, n_samples)]
+
+
+def file_loudness(path, block_s: float = 60.0) -> torch.Tensor:
+    """loudness() of a file at 16 kHz, read a block at a time (memory: the block, and 100 values a second)."""
+    frames, sr = audio_info(path)
+    n = n_resampled(frames, sr)
+    block = round(block_s * SAMPLE_RATE) // PAUSE_HOP * PAUSE_HOP  # whole frames: blocks join exactly
+    with mel.open_audio(path) as f:
+        power = [frame_power(mel.read_resampled(f, s, min(s + block, n), str(path))) for s in range(0, n, block)]
+    return loudness(torch.cat(power) if power else torch.zeros(0, dtype=torch.float64))
 
 
 def merge_words(windows: list[tuple[float, float, list[dict]]]) -> list[dict]:

@@ -5,7 +5,8 @@ import soundfile as sf
 import torch
 
 import mel
-from longform import (AudioWindows, join_chunk_texts, merge_words, reference_chunks, window_starts)
+from longform import (PAUSE_HOP, AudioWindows, file_loudness, frame_power, join_chunk_texts, loudness, merge_words,
+                      pause_spans, reference_chunks, window_starts)
 from mel import SAMPLE_RATE, AudioError
 
 TRUTH = [f"сөз{i}" for i in range(30)]  # word i is spoken over [i, i + 0.8) seconds
@@ -93,3 +94,48 @@ def test_reference_chunks_and_join():
     assert starts(37.5) == [0, 12, 24, 36]
     assert [c.shape[0] for _, c in reference_chunks(torch.zeros(30 * SAMPLE_RATE))] == [240000, 240000, 96000]
     assert join_chunk_texts(["а б", "а б", "в", "а б"]) == "а б в а б"
+
+
+def talk(seconds, pauses, seed=0):
+    """Noise at speech level with digital-silence pauses [(start s, length s)], as a long file joins clips."""
+    x = torch.from_numpy(np.random.RandomState(seed).randn(int(seconds * SAMPLE_RATE)).astype(np.float32)) * 0.1
+    for s, n in pauses:
+        x[int(s * SAMPLE_RATE): int((s + n) * SAMPLE_RATE)] = 0
+    return x
+
+
+def test_pause_spans_cut_in_the_pauses_and_cover_the_file():
+    pauses = [(5.0, 0.3), (7.0, 0.3), (13.0, 0.3), (17.5, 2.0)]
+    x = talk(31.0, pauses)
+    w = 8 * SAMPLE_RATE
+    spans = pause_spans(loudness(frame_power(x)), x.shape[0], w)
+    assert spans[0][0] == 0 and spans[-1][1] == x.shape[0]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # end to end: no gap, no overlap
+    assert all(w // 2 <= e - s <= w for s, e in spans)  # none longer than a window, no sliver
+    cuts = [e / SAMPLE_RATE for _, e in spans[:-1]]
+    # each cut inside a pause: the latest of the window's second half [4, 8) s (7 s, not 5 s), then the one of [11.15,
+    # 15.15) s, in their middles ...
+    assert abs(cuts[0] - 7.15) < 0.06 and abs(cuts[1] - 13.15) < 0.06
+    assert 19.1 <= cuts[2] <= 19.4  # ... and in a long pause 0.2 s before its end, so the next window starts near speech
+    assert pause_spans(loudness(frame_power(x[:w])), w, w) == [(0, w)]  # one window: one span
+
+
+def test_pause_spans_without_a_pause_still_bound_every_window():
+    x = talk(20.0, [])
+    for n in (8 * SAMPLE_RATE + 1, 8 * SAMPLE_RATE + 3000, x.shape[0]):
+        spans = pause_spans(loudness(frame_power(x[:n])), n, 8 * SAMPLE_RATE)
+        assert spans[-1][1] == n and all(0 < e - s <= 8 * SAMPLE_RATE for s, e in spans)
+        assert min(e - s for s, e in spans) >= 4 * SAMPLE_RATE - PAUSE_HOP  # just over a window: two halves
+    assert pause_spans(torch.zeros(0), 5, 2) == [(0, 2), (2, 3), (3, 5)]  # under a frame: by length, the end shared
+
+
+def test_file_loudness_read_in_blocks_equals_the_whole_file(tmp_path):
+    x = talk(31.0, [(7.0, 0.5)], seed=2)
+    for sr in (16000, 44100):
+        path = tmp_path / f"t{sr}.wav"
+        sf.write(path, mel.resample(x, SAMPLE_RATE, sr).numpy(), sr, subtype="FLOAT")
+        whole = loudness(frame_power(mel.load_audio(path)))
+        torch.testing.assert_close(file_loudness(path, block_s=6.0), whole, atol=1e-3, rtol=0)
+        spans = pause_spans(whole, mel.load_audio(path).shape[0], 8 * SAMPLE_RATE)
+        windows = AudioWindows(path, 8.0, spans=spans)
+        assert [(s, s + wav.shape[0]) for s, wav in windows] == spans
