@@ -6,6 +6,9 @@ gives the same output, so an item's augmentation follows from (seed, epoch, inde
 a resumed run sees exactly what an uninterrupted one would. `augment()` applies each with its own probability, in a
 fixed order that follows the sound from the talker to the file:
 
+    silence    a lead-in and a tail: U[0, 0.5] s of digital silence before the clip and, drawn apart, after it (a
+               recording seldom starts on the first phoneme, and a long file's windows start at pauses); the room
+               and the noise below then fill it as they would a real one's
     reverb     the room: a synthetic impulse response (direct path + exponentially decaying Gaussian noise,
                RT60 U[0.2, 0.8] s, direct-to-reverberant ratio U[0, 10] dB), by FFT convolution; level kept
     noise      the background, at an SNR U[5, 30] dB: white, pink or brown noise (seeded Gaussian noise shaped to a
@@ -36,6 +39,8 @@ class AugmentConfig:
     p_noise: float = 0.0
     p_telephone: float = 0.0
     p_gain: float = 0.0
+    p_silence: float = 0.0
+    silence_s: float = 0.5  # silence: each end's lead-in / tail drawn in [0, silence_s] seconds
     gain_db: float = 20.0  # gain drawn uniformly in [-gain_db, +gain_db] dB
     snr_db: tuple = (5.0, 30.0)  # noise: SNR range in dB
     p_babble: float = 0.25  # noise: share that is babble rather than coloured noise (when a babble pool is given)
@@ -43,7 +48,7 @@ class AugmentConfig:
     drr_db: tuple = (0.0, 10.0)  # reverb: direct-to-reverberant energy ratio range in dB
 
     def enabled(self) -> bool:
-        return any(p > 0 for p in (self.p_reverb, self.p_noise, self.p_telephone, self.p_gain))
+        return any(p > 0 for p in (self.p_silence, self.p_reverb, self.p_noise, self.p_telephone, self.p_gain))
 
 
 def uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -58,6 +63,12 @@ def power(x: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------------------------------------------
 # the ops
+
+def pad_silence(wave: torch.Tensor, g: torch.Generator, max_s: float = 0.5) -> torch.Tensor:
+    """Zeros of U[0, max_s] s before the clip and, drawn apart, after it: (n,) -> (n + lead + tail,)."""
+    lead, tail = (round(uniform(g, 0, max_s) * SAMPLE_RATE) for _ in range(2))
+    return torch.cat([wave.new_zeros(lead), wave, wave.new_zeros(tail)])
+
 
 def gain(wave: torch.Tensor, g: torch.Generator, max_db: float = 20.0) -> torch.Tensor:
     """wave * 10^(db/20), db ~ U[-max_db, max_db]: the RMS moves by exactly db. Not clipped."""
@@ -152,9 +163,10 @@ def reverb(wave: torch.Tensor, g: torch.Generator, rt60=(0.2, 0.8), drr_db=(0.0,
 # the composition
 
 def augment(wave: torch.Tensor, g: torch.Generator, cfg: AugmentConfig, pool=()) -> torch.Tensor:
-    """(n,) -> (n,): reverb, noise, telephone, gain, each with its probability in cfg; `pool` holds other
-    utterances' waves for babble. An op with probability 0 draws nothing from `g`."""
-    ops = [(cfg.p_reverb, lambda w: reverb(w, g, cfg.rt60, cfg.drr_db)),
+    """(n,) -> (n,), or longer with silence: silence, reverb, noise, telephone, gain, each with its probability in
+    cfg; `pool` holds other utterances' waves for babble. An op with probability 0 draws nothing from `g`."""
+    ops = [(cfg.p_silence, lambda w: pad_silence(w, g, cfg.silence_s)),
+           (cfg.p_reverb, lambda w: reverb(w, g, cfg.rt60, cfg.drr_db)),
            (cfg.p_noise, lambda w: add_noise(w, g, cfg.snr_db, cfg.p_babble, pool)),
            (cfg.p_telephone, lambda w: telephone(w, g)),
            (cfg.p_gain, lambda w: gain(w, g, cfg.gain_db))]

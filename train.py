@@ -108,6 +108,8 @@ class TrainConfig:
     spec_time_fraction: float = arg(1.0, "SpecAugment: each time mask also <= this fraction of the clip "
                                          "(1: the release's 100 frames alone)")
     # waveform augmentation (augment.py; not in the release, so 0 here): probability of each op, applied in this order
+    aug_silence: float = arg(0.0, "probability of a lead-in and a tail of digital silence, each 0-0.5 s (what a "
+                                  "clip that starts at a pause holds before its first word)")
     aug_reverb: float = arg(0.0, "probability of a synthetic room: RT60 0.2-0.8 s, direct-to-reverberant 0-10 dB")
     aug_noise: float = arg(0.0, "probability of noise at 5-30 dB SNR: white, pink or brown, or (1 in 4) babble of "
                                 "3-5 other utterances")
@@ -522,7 +524,7 @@ def check_config(cfg: TrainConfig):
         ("eval_listen", cfg.eval_listen >= 0, ">= 0"), ("aug_gain_db", 0 <= cfg.aug_gain_db < math.inf, ">= 0"),
         ("seed", 0 <= cfg.seed < 2**32, "in [0, 2**32 - 1] (numpy's seeds)"),
     ] + [(p, 0 <= getattr(cfg, p) <= 1, "a probability in [0, 1]")
-         for p in ("aug_reverb", "aug_noise", "aug_telephone", "aug_gain")]
+         for p in ("aug_silence", "aug_reverb", "aug_noise", "aug_telephone", "aug_gain")]
     for name, ok, want in ranges:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {want}")
@@ -683,8 +685,8 @@ def open_data(cfg: TrainConfig, tokenizer, n_mels: int, out: Path, proc: Process
     (locked, and what a killed run left there cleaned up) first."""
     audio = dict(max_seconds=cfg.max_seconds, seed=cfg.seed, level_dbfs=LEVEL_DBFS if cfg.level_norm else None,
                  n_mels=n_mels)
-    wave_augment = AugmentConfig(p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise, p_telephone=cfg.aug_telephone,
-                                 p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
+    wave_augment = AugmentConfig(p_silence=cfg.aug_silence, p_reverb=cfg.aug_reverb, p_noise=cfg.aug_noise,
+                                 p_telephone=cfg.aug_telephone, p_gain=cfg.aug_gain, gain_db=cfg.aug_gain_db)
     train_set = open_dataset(cfg.train, tokenizer, augment=cfg.spec_augment, speed_perturb=cfg.speed_perturb,
                              spec_time_fraction=cfg.spec_time_fraction,
                              wave_augment=wave_augment if wave_augment.enabled() else None, **audio)

@@ -55,9 +55,11 @@ tr "\r" "\n" < "$RUN/lm.log" | grep "^== \|^step \|^done"  # their times and val
 # teach preset)
 stage e2e python train.py --preset teach --stage e2e --init "$RUN/ctc/best" --train data/synth/train.jsonl \
     --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/e2e"
-# 600 more steps from there, a fresh schedule at half the rate (the listen gap was still rising)
+# 600 more steps from there, a fresh schedule at half the rate (the listen gap was still rising), half the clips
+# with up to 0.5 s of silence before and after (a long file's windows start at pauses: without it, the model
+# wrote a token or two on a lead-in of silence)
 stage e2e-more python train.py --preset teach --stage e2e --init "$RUN/e2e/best" --no-projector-fit --lr 5e-4 \
-    --max-steps 600 --train data/synth/train.jsonl --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" \
+    --max-steps 600 --aug-silence 0.5 --train data/synth/train.jsonl --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" \
     --decoder "$RUN/llama" --out "$RUN/e2e-more"
 stage ship python scripts/ship_teaching_model.py --model "$RUN/e2e-more/best" --out "${SHIP_TO:-models/teach}" \
     --samples "${SAMPLES_TO:-samples}"

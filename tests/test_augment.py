@@ -152,6 +152,29 @@ def test_reverb_keeps_length_power_and_the_direct_path():
                                np.convolve(x[:300].numpy(), click[995:1010].numpy())[:300], atol=1e-6)
 
 
+def test_silence_adds_a_lead_in_and_a_tail_of_zeros_drawn_apart():
+    x = speech() + 0.01  # no zero sample of its own: every zero below was added
+    leads, tails = [], []
+    for seed in range(40):
+        y = A.pad_silence(x, gen(seed), max_s=0.5)
+        nz = (y != 0).nonzero()[:, 0]
+        lead, tail = int(nz[0]), y.shape[0] - 1 - int(nz[-1])
+        assert torch.equal(y[lead: lead + x.shape[0]], x) and lead + x.shape[0] + tail == y.shape[0]
+        assert 0 <= lead <= SAMPLE_RATE // 2 and 0 <= tail <= SAMPLE_RATE // 2
+        leads.append(lead), tails.append(tail)
+    assert leads != tails and max(leads) > SAMPLE_RATE // 4 and min(leads) < SAMPLE_RATE // 8  # spread over [0, 0.5 s]
+    assert torch.equal(A.pad_silence(x, gen(3)), A.pad_silence(x, gen(3)))  # seeded
+    y = A.augment(x, gen(1), A.AugmentConfig(p_silence=1.0))
+    assert y.shape[0] > x.shape[0] and torch.equal(y, A.pad_silence(x, _drawn(1)))
+
+
+def _drawn(seed):
+    """The generator augment() hands pad_silence: one draw (the op's probability) already taken."""
+    g = gen(seed)
+    A.uniform(g, 0, 1)
+    return g
+
+
 def test_off_changes_nothing_and_draws_nothing():
     x, g = speech(), gen(0)
     state = g.get_state()
@@ -269,7 +292,8 @@ def test_level_norm_is_a_model_folder_option_used_by_decoding(tiny, tmp_path):
 
 def test_release_preset_is_unaugmented_and_teaching_preset_is_augmented():
     release = T.parse_args(["--preset", "300m", "--train", "t.jsonl", "--tokenizer", "t.model"])
-    assert (release.aug_reverb, release.aug_noise, release.aug_telephone, release.aug_gain) == (0, 0, 0, 0)
+    assert (release.aug_reverb, release.aug_noise, release.aug_telephone, release.aug_gain, release.aug_silence) == \
+        (0, 0, 0, 0, 0)
     assert not release.level_norm and release.spec_augment and release.speed_perturb  # recipe §1
     teach = T.parse_args(["--preset", "teach", "--train", "t.jsonl", "--tokenizer", "t.model"])
     assert teach.spec_augment and teach.level_norm
