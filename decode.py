@@ -338,8 +338,8 @@ def _name(item, i: int) -> str:
 def search(llm, audio, enc_len, log_probs, o: DecodeOptions, filters=()) -> list[list[int]]:
     """The search of the mode: greedy; beam = beam search over the decoder; joint = beam search over the decoder
     and the CTC prefix scores, weighted 1 - w and w. The logit filters apply to the decoder in all three."""
-    if o.mode == "greedy":
-        return greedy_tokens(llm, audio, enc_len, o.max_tokens, filters)
+    if o.mode == "greedy":  # at most one token an encoder frame, as beam_search (CTC could emit no more)
+        return greedy_tokens(llm, audio, enc_len, o.max_tokens, filters, enc_len.clamp(max=o.max_tokens).tolist())
     w = o.ctc_weight if o.mode == "joint" else 0.0
     scorers = [DecoderScorer(llm, audio, enc_len, 1 - w, filters)]
     if w > 0:

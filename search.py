@@ -199,11 +199,12 @@ def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, penalty: f
 
 @torch.no_grad()
 def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_tokens: int = 256,
-                  filters=()) -> list[list[int]]:
+                  filters=(), limits: list[int] | None = None) -> list[list[int]]:
     """Greedy for a padded batch: audio (B, T', d), lengths (B,) -> ids per row, EOS excluded.
 
     filters: logit filters applied to each row before its argmax; `release_filters()` makes this the release's
-    decoding (reference_greedy) for many utterances at once, each row as if decoded alone.
+    decoding (reference_greedy) for many utterances at once, each row as if decoded alone. limits: each row's most
+    tokens (below max_tokens), as beam_search's one a frame; None: max_tokens for all, as the release.
     """
     state = DecoderState(llm, audio, lengths, max_tokens)
     logits = state.prefill()  # (B, V)
@@ -214,7 +215,7 @@ def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_to
             f.apply(logits, [out[u] for u in live])
         tokens = logits.argmax(-1)  # (B_live,)
         ids = tokens.tolist()
-        going = [j for j, t in enumerate(ids) if t != EOS]
+        going = [j for j, t in enumerate(ids) if t != EOS and (limits is None or i < limits[live[j]])]
         if not going:
             break
         for j in going:

@@ -257,6 +257,22 @@ def test_beam_and_joint_stay_within_the_frames(tiny):
         assert len(tiny.tok.encode(r["text"])) <= 2 * 13
 
 
+def test_greedy_writes_at_most_one_token_an_encoder_frame_as_beam_search(tiny):
+    """A decoder that never says EOS (the random tiny one) stops at the clip's encoder frames, not at --max-tokens:
+    the bound beam_search has always had (CTC cannot emit more labels than frames), now greedy's too. The
+    release's reference greedy keeps its 256 (recipe §9)."""
+    import search
+    clip = wave(0.5, 4)
+    audio, enc_len, _ = transcriber(tiny)._encode([clip], ctc=False)
+    frames = int(enc_len[0])
+    for mode in ("greedy", "beam"):
+        r = transcriber(tiny, mode=mode, max_tokens=256, beam_size=2).transcribe([clip])[0]
+        assert len(tiny.tok.encode(r["text"])) <= frames + 2, (mode, r)  # re-tokenising the text may differ by a piece
+    unbounded = search.greedy_tokens(tiny.model.llm, audio, enc_len, 256)[0]
+    bounded = search.greedy_tokens(tiny.model.llm, audio, enc_len, 256, limits=[frames])[0]
+    assert len(unbounded) > frames and bounded == unbounded[:frames]  # the same tokens, cut where the bound falls
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # long audio through the Transcriber
 
