@@ -13,9 +13,9 @@ Modes (the strategies themselves are in search.py and ctc.py):
   beam       attention beam search, length-normalised
   joint      joint CTC/attention one-pass beam search (the default: DEFAULT_MODE below)
   ctc        CTC greedy alone: the encoder without the decoder
-Every mode but reference decodes files of any length, in windows of at most 15 s: by default each window ends at
-a pause (the quietest stretch of its second half) and their texts are joined; `--long-cut overlap` gives windows
-overlapping by 5 s, spliced at the seams by the CTC word timings (longform.py). Texts are normalised as recipe §5 says.
+Every mode but reference decodes files of any length, in windows of at most 15 s: by default overlapping by 5 s,
+spliced at the seams by the CTC word timings; `--long-cut pauses` gives windows that do not overlap, each ending at a
+pause (the quietest stretch of its second half), their texts joined (longform.py). Texts are normalised as recipe §5 says.
 
 A file that cannot be read (not a regular file, a broken header, a cut or corrupt stream) gets a one-line error
 on stderr naming it; the others are still transcribed, and the exit status is 1 at the end (2 when the model or
@@ -67,7 +67,7 @@ class DecodeOptions:
     timestamps: bool = False       # word start/end times from the CTC alignment
     window: float = longform.WINDOW_SECONDS    # long files: window length (s)
     overlap: float = longform.OVERLAP_SECONDS  # long files: overlap of neighbouring windows (s), long_cut="overlap"
-    long_cut: str = "pauses"       # long files: windows cut at pauses, or overlapping and spliced (longform.CUTS)
+    long_cut: str = "overlap"      # long files: overlapping windows spliced, or cut at pauses (longform.CUTS)
 
 
 # what each numeric option may be: (flag, least, most, integer); the most bound memory and time (beams x KV cache,
@@ -426,9 +426,9 @@ def add_decoding_args(p: argparse.ArgumentParser):
                    help=f"long files (not reference): window length in seconds (default: the model folder's "
                         f"`decode.window`, else {DecodeOptions.window}, the release's training length)")
     d.add_argument("--long-cut", choices=longform.CUTS, default=None,
-                   help="long files (not reference): pauses: windows of at most --window that do not overlap, "
-                        "each ending at the quietest stretch of its second half, their texts joined; overlap: "
-                        "windows of --window sharing --overlap seconds, spliced at a word both agree on "
+                   help="long files (not reference): overlap: windows of --window sharing --overlap seconds, "
+                        "spliced at a word both agree on; pauses: windows of at most --window that do not overlap, "
+                        "each ending at the quietest stretch of its second half, their texts joined "
                         f"(default: the model folder's `decode.long_cut`, else {DecodeOptions.long_cut})")
     d.add_argument("--overlap", type=float, default=None,
                    help=f"long files, --long-cut overlap: seconds shared by neighbouring windows, spliced in the middle "
@@ -482,7 +482,7 @@ def parse_args(argv=None):
     p = cli.ArgumentParser(
         description="Transcribe Kazakh speech with a SozKZ ASR model (the teaching model by default, or the "
                     "released checkpoint-92000). Prints the normalised transcript (recipe §5).",
-        epilog="Files longer than --window are transcribed whole in windows cut at pauses (not in reference mode, "
+        epilog="Files longer than --window are transcribed whole in overlapping windows (not in reference mode, "
                "which cuts at 15 s as the original did unless --chunked). Exit status: 0 all files transcribed, "
                "1 some file failed (one line each on stderr; the others are still transcribed), 2 bad arguments "
                "or model, 141 the output pipe was closed (e.g. by head).",

@@ -11,7 +11,7 @@ found by aligning the two word runs as difflib does, longest common runs first),
 of the overlap; without one, at the middle of the overlap by time. Edges, where a window cuts a word in
 two, are never used.
 
-Or, the default (`decode.py --long-cut pauses`), windows that do not overlap, each cut at a pause: the file's
+Or (`decode.py --long-cut pauses`), windows that do not overlap, each cut at a pause: the file's
 loudness (10 ms frames, smoothed over 100 ms) is read in one pass, and each window ends at the quietest stretch of
 its second half, in the middle of the latest run within PAUSE_DB of the quietest frame there (in a long pause, 0.2 s
 before its end). A clip the model

@@ -289,14 +289,14 @@ def test_long_file_streams_and_matches_in_memory(tiny, tmp_path):
 
 
 def test_long_file_cut_at_pauses_is_its_pieces_decoded_apart_and_joined(tiny, tmp_path):
-    """The default cut (long_cut="pauses"): windows end in the pauses, do not overlap, and the text is each
-    window's text in order, as if each piece were a file of its own; "overlap" still splices overlapping ones."""
+    """long_cut="pauses": windows end in the pauses, do not overlap, and the text is each window's text in order,
+    as if each piece were a file of its own; the default ("overlap") splices overlapping ones."""
     import longform
     pieces = [wave(5.0 + i, i) for i in range(4)]
     gap = torch.zeros(int(0.4 * SAMPLE_RATE))
     wav = torch.cat([p for piece in pieces for p in (piece, gap)][:-1])  # 5 + 6 + 7 + 8 s and three pauses
     sf.write(tmp_path / "long.wav", wav.numpy(), SAMPLE_RATE, subtype="FLOAT")
-    t = transcriber(tiny, mode="ctc", batch_size=2, timestamps=True, window=10.0)
+    t = transcriber(tiny, mode="ctc", batch_size=2, timestamps=True, window=10.0, long_cut="pauses")
     spans = longform.pause_spans(longform.loudness(longform.frame_power(wav)), wav.shape[0], 10 * SAMPLE_RATE)
     assert len(spans) == 4  # one window a piece: each pause is the latest in its window's second half
     apart = t.transcribe([wav[s:e] for s, e in spans])
@@ -304,7 +304,8 @@ def test_long_file_cut_at_pauses_is_its_pieces_decoded_apart_and_joined(tiny, tm
     assert from_file["text"] == from_tensor["text"] == " ".join(r["text"] for r in apart if r["text"])
     starts = [w["start"] for w in from_file["words"]]
     assert starts == sorted(starts) and from_file["words"] == from_tensor["words"]
-    overlap = transcriber(tiny, mode="ctc", window=10.0, long_cut="overlap").transcribe([wav])[0]
+    overlap = transcriber(tiny, mode="ctc", window=10.0).transcribe([wav])[0]
+    assert decode.DecodeOptions().long_cut == "overlap"
     assert overlap["text"] != from_file["text"]  # random CTC: different windows hear different things
     with pytest.raises(ValueError, match="unknown --long-cut 'vad'"):
         transcriber(tiny, long_cut="vad")
