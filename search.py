@@ -232,9 +232,10 @@ def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_to
 
 @torch.no_grad()
 def greedy_batch(model, mel: torch.Tensor, lengths: torch.Tensor, max_tokens: int = 256) -> list[list[int]]:
-    """Masked batched greedy from log-mels (B, 80, T), lengths (B,): ids per item, EOS excluded (validation WER)."""
+    """Masked batched greedy from log-mels (B, 80, T), lengths (B,): ids per item, EOS excluded (validation WER);
+    at most one token an encoder frame, as decode.py's greedy."""
     _, audio, enc_lengths = model.encode(mel, lengths)
-    return greedy_tokens(model.llm, audio, enc_lengths, max_tokens)
+    return greedy_tokens(model.llm, audio, enc_lengths, max_tokens, limits=enc_lengths.clamp(max=max_tokens).tolist())
 
 
 # ---------------------------------------------------------------------------------------------------------------
