@@ -11,10 +11,10 @@ from wer import char_stats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-LISTEN_MARGIN = 2.5  # nats/token between shuffled and own audio on the samples (measured 3.25; README)
-ATTENTION_CER = 0.45  # greedy (attention-only) CER bound on the samples (measured 0.394; README)
-# the samples' prompts read back as text (listen.py): measured 0.053; the model before the row-CTC: 0.903 on the test set
-PROMPT_CER = 0.15
+LISTEN_MARGIN = 3.0  # nats/token between shuffled and own audio on the samples (measured 3.62; README)
+ATTENTION_CER = 0.30  # greedy (attention-only) CER bound on the samples (measured 0.227; README)
+# the samples' prompts read back as text (listen.py): measured 0.061; the model before the row-CTC: 0.903 on the test set
+PROMPT_CER = 0.12
 
 
 def references():
@@ -40,8 +40,8 @@ def test_shipped_samples_are_transcribed_within_a_cer_bound(capsys):
     def cer(names):
         return sum(char_stats(refs[n], hyps[str(SAMPLES / n)]).errors for n in names) / sum(len(refs[n]) for n in names)
     assert cer([n for n in refs if n.startswith("sample")]) <= 0.15, hyps  # test-set CER in README; 3 clips get slack
-    # the ~60 s file, in 8 s windows: long audio is this model's weak spot (README: 14.2 % CER on the 10 long files)
-    assert cer(["long1.wav"]) <= 0.25, hyps[str(SAMPLES / "long1.wav")]
+    # the ~60 s file, in 8 s windows (measured 0.016; cut at pauses 0.033; README: the 10 long files)
+    assert cer(["long1.wav"]) <= 0.08, hyps[str(SAMPLES / "long1.wav")]
 
 
 def test_reference_mode_batched_equals_one_at_a_time_with_real_stops(capsys):
@@ -105,7 +105,7 @@ def test_the_decoder_reads_the_shipped_samples_audio():
 def test_attention_only_decoding_of_the_shipped_samples_is_within_a_cer_bound(capsys):
     """The frozen decoder alone (greedy, no CTC) reads the samples: a decoder that ignored the audio would write
     fluent text never said, with a CER near 100 % (the model before the projector fit: 87 % on the test set; the
-    model before the row-CTC and the blurred-copy LM: 57 % on these samples)."""
+    model before the row-CTC and the blurred-copy LM: 57 % on these samples, the one before this model 39 %)."""
     torch.set_num_threads(1)
     refs = {n: t for n, t in references().items() if n.startswith("sample")}
     assert main([str(SAMPLES / n) for n in refs] + ["--mode", "greedy"]) == 0
