@@ -64,9 +64,15 @@ def power(x: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------------------------
 # the ops
 
-def pad_silence(wave: torch.Tensor, g: torch.Generator, max_s: float = 0.5) -> torch.Tensor:
-    """Zeros of U[0, max_s] s before the clip and, drawn apart, after it: (n,) -> (n + lead + tail,)."""
+def pad_silence(wave: torch.Tensor, g: torch.Generator, max_s: float = 0.5,
+                max_len: int | None = None) -> torch.Tensor:
+    """Zeros of U[0, max_s] s before the clip and, drawn apart, after it: (n,) -> (n + lead + tail,); with max_len
+    (the longest clip training takes) both are trimmed to fit, so no speech is pushed past the cut."""
     lead, tail = (round(uniform(g, 0, max_s) * SAMPLE_RATE) for _ in range(2))
+    if max_len is not None:  # the same draws either way: only what fits is kept
+        spare = max(0, max_len - wave.shape[-1])
+        lead = min(lead, spare)
+        tail = min(tail, spare - lead)
     return torch.cat([wave.new_zeros(lead), wave, wave.new_zeros(tail)])
 
 
@@ -162,10 +168,12 @@ def reverb(wave: torch.Tensor, g: torch.Generator, rt60=(0.2, 0.8), drr_db=(0.0,
 # ---------------------------------------------------------------------------------------------------------------
 # the composition
 
-def augment(wave: torch.Tensor, g: torch.Generator, cfg: AugmentConfig, pool=()) -> torch.Tensor:
+def augment(wave: torch.Tensor, g: torch.Generator, cfg: AugmentConfig, pool=(),
+            max_len: int | None = None) -> torch.Tensor:
     """(n,) -> (n,), or longer with silence: silence, reverb, noise, telephone, gain, each with its probability in
-    cfg; `pool` holds other utterances' waves for babble. An op with probability 0 draws nothing from `g`."""
-    ops = [(cfg.p_silence, lambda w: pad_silence(w, g, cfg.silence_s)),
+    cfg; `pool` holds other utterances' waves for babble; max_len: the most samples silence may grow a clip to. An op
+    with probability 0 draws nothing from `g`."""
+    ops = [(cfg.p_silence, lambda w: pad_silence(w, g, cfg.silence_s, max_len)),
            (cfg.p_reverb, lambda w: reverb(w, g, cfg.rt60, cfg.drr_db)),
            (cfg.p_noise, lambda w: add_noise(w, g, cfg.snr_db, cfg.p_babble, pool)),
            (cfg.p_telephone, lambda w: telephone(w, g)),

@@ -200,7 +200,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         cfg = self.wave_augment
         if cfg is not None and cfg.enabled():
             babble = cfg.p_noise > 0 and cfg.p_babble > 0
-            wav = augment(wav, g, cfg, self.babble_talkers(row["audio_filepath"]) if babble else ())
+            wav = augment(wav, g, cfg, self.babble_talkers(row["audio_filepath"]) if babble else (),
+                          max_len=int(self.max_frames * 160))
         if self.level_dbfs is not None:
             wav = normalize_level(wav, self.level_dbfs)
         return log_mel_spectrogram(wav, self.n_mels)

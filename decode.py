@@ -98,7 +98,7 @@ def check_options(o: DecodeOptions):
             raise ValueError(f"{flag} {v!r} is not {'an integer' if integer else 'a number'}")
         if not (math.isfinite(v) and lo <= v <= hi):
             raise ValueError(f"{flag} {v} is outside [{lo:g}, {hi:g}]")
-    if o.overlap > o.window / 2:
+    if o.long_cut == "overlap" and o.overlap > o.window / 2:  # pauses: windows share nothing
         raise ValueError(f"--overlap {o.overlap:g} must be between 0 and half of --window {o.window:g}")
     for name in ("chunked", "timestamps"):
         if not isinstance(getattr(o, name), bool):
@@ -168,6 +168,8 @@ class Transcriber:
         for i, item in enumerate(items):
             name = _name(item, i)
             try:
+                if isinstance(item, torch.Tensor) and not torch.isfinite(item).all():  # as mel.load_audio says
+                    raise AudioError(f"{name}: contains non-finite samples (NaN or inf)")
                 n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)  # header only
                 if n > round(self.opt.window * SAMPLE_RATE):
                     results[i] = self._long(name, item)

@@ -80,11 +80,12 @@ class AudioWindows:
         self.frames, self.sr = audio_info(self.path)
         self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)
         self.window, self.overlap = round(window_s * SAMPLE_RATE), round(overlap_s * SAMPLE_RATE)
-        self.starts = (starts_of(self.n_samples) if starts_of else
-                       window_starts(self.n_samples, self.window, self.overlap))
-        self.ends = [min(s + self.window, self.n_samples) for s in self.starts]
         if spans is not None:  # [(start, end)] given (pause_spans): windows of their own lengths
             self.starts, self.ends = [s for s, _ in spans], [e for _, e in spans]
+        else:
+            self.starts = (starts_of(self.n_samples) if starts_of else
+                           window_starts(self.n_samples, self.window, self.overlap))
+            self.ends = [min(s + self.window, self.n_samples) for s in self.starts]
 
     def __len__(self):
         return len(self.starts)

@@ -164,6 +164,11 @@ def test_silence_adds_a_lead_in_and_a_tail_of_zeros_drawn_apart():
         leads.append(lead), tails.append(tail)
     assert leads != tails and max(leads) > SAMPLE_RATE // 4 and min(leads) < SAMPLE_RATE // 8  # spread over [0, 0.5 s]
     assert torch.equal(A.pad_silence(x, gen(3)), A.pad_silence(x, gen(3)))  # seeded
+    n = x.shape[0]  # near the longest clip training takes: the silence is trimmed to fit, the draws are the same
+    for room in (n, n + 100, n + SAMPLE_RATE):
+        y = A.pad_silence(x, gen(5), max_len=room)
+        free = A.pad_silence(x, gen(5))
+        assert y.shape[0] == min(room, free.shape[0]) and (y != 0).sum() == n
     y = A.augment(x, gen(1), A.AugmentConfig(p_silence=1.0))
     assert y.shape[0] > x.shape[0] and torch.equal(y, A.pad_silence(x, _drawn(1)))
 

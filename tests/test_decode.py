@@ -309,6 +309,17 @@ def test_long_file_cut_at_pauses_is_its_pieces_decoded_apart_and_joined(tiny, tm
     assert overlap["text"] != from_file["text"]  # random CTC: different windows hear different things
     with pytest.raises(ValueError, match="unknown --long-cut 'vad'"):
         transcriber(tiny, long_cut="vad")
+    # windows that share nothing need no overlap: a short window is fine with the default overlap there
+    short = transcriber(tiny, mode="ctc", window=1.0, overlap=5.0, long_cut="pauses").transcribe([wav[: 3 * SAMPLE_RATE]])
+    assert "error" not in short[0]
+    with pytest.raises(ValueError, match="--overlap 5 must be between 0 and half of --window 1"):
+        transcriber(tiny, window=1.0, overlap=5.0)
+    # a waveform with NaN is that item's error, in both cuts, and the others are still done
+    bad = wav.clone()
+    bad[20 * SAMPLE_RATE] = float("nan")
+    for cut in longform.CUTS:
+        r = transcriber(tiny, mode="ctc", window=10.0, long_cut=cut).transcribe([bad, wav[: 2 * SAMPLE_RATE]])
+        assert "non-finite" in r[0]["error"] and "text" in r[1], (cut, r)
 
 
 # ---------------------------------------------------------------------------------------------------------------
