@@ -172,7 +172,7 @@ class Transcriber:
                     raise AudioError(f"{name}: contains non-finite samples (NaN or inf)")
                 n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)  # header only
                 if n > round(self.opt.window * SAMPLE_RATE):
-                    results[i] = self._long(name, item)
+                    results[i] = self._long(name, item, n)
                 else:
                     short.append((i, name, n))
             except AudioError as e:
@@ -251,15 +251,14 @@ class Transcriber:
 
     # -- long files ----------------------------------------------------------------------------------------------
 
-    def _long(self, name: str, item) -> dict:
+    def _long(self, name: str, item, n: int) -> dict:
         """Windows decoded in batches, then joined (long_cut="pauses") or spliced at the seams; memory bounded by
-        batch_size windows."""
+        batch_size windows. n: the item's samples at 16 kHz."""
         o = self.opt
         spans = None
         if o.long_cut == "pauses":  # one pass over the file for its loudness, then windows that end at pauses
             level = (longform.loudness(longform.frame_power(item.reshape(-1).float())) if isinstance(item, torch.Tensor)
                      else longform.file_loudness(item))
-            n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)
             spans = longform.pause_spans(level, n, round(o.window * SAMPLE_RATE))
         if isinstance(item, torch.Tensor):
             windows = _tensor_windows(item, o.window, o.overlap, spans)
@@ -341,7 +340,7 @@ def search(llm, audio, enc_len, log_probs, o: DecodeOptions, filters=()) -> list
     """The search of the mode: greedy; beam = beam search over the decoder; joint = beam search over the decoder
     and the CTC prefix scores, weighted 1 - w and w. The logit filters apply to the decoder in all three."""
     if o.mode == "greedy":  # at most one token an encoder frame, as beam_search (CTC could emit no more)
-        return greedy_tokens(llm, audio, enc_len, o.max_tokens, filters, enc_len.clamp(max=o.max_tokens).tolist())
+        return greedy_tokens(llm, audio, enc_len, o.max_tokens, filters, frame_bound=True)
     w = o.ctc_weight if o.mode == "joint" else 0.0
     scorers = [DecoderScorer(llm, audio, enc_len, 1 - w, filters)]
     if w > 0:

@@ -123,9 +123,9 @@ def pause_spans(level_db: torch.Tensor, n_samples: int, window: int) -> list[tup
         if len(seg) == 0:  # a window of a frame or two, or just over one window left: cut by length alone
             cut = start + min(window, (n_samples - start) // 2)
         else:
-            quiet = (seg <= seg.min() + PAUSE_DB).nonzero()[:, 0].tolist()
-            last = first = quiet[-1]
-            while first - 1 in quiet[-(last - first + 2):]:  # back to the start of that run
+            quiet = seg <= seg.min() + PAUSE_DB
+            last = first = int(quiet.nonzero()[-1])
+            while first > 0 and quiet[first - 1]:  # back to the start of that run
                 first -= 1
             at = max((first + last + 1) // 2, last + 1 - PAUSE_LEAD)  # mid-pause, or PAUSE_LEAD before its end
             cut = min(start + window, max(start + 1, (lo + at) * PAUSE_HOP))

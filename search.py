@@ -199,14 +199,16 @@ def reference_greedy(llm, audio: torch.Tensor, max_tokens: int = 256, penalty: f
 
 @torch.no_grad()
 def greedy_tokens(llm, audio: torch.Tensor, lengths: torch.Tensor | None, max_tokens: int = 256,
-                  filters=(), limits: list[int] | None = None) -> list[list[int]]:
+                  filters=(), frame_bound: bool = False) -> list[list[int]]:
     """Greedy for a padded batch: audio (B, T', d), lengths (B,) -> ids per row, EOS excluded.
 
     filters: logit filters applied to each row before its argmax; `release_filters()` makes this the release's
-    decoding (reference_greedy) for many utterances at once, each row as if decoded alone. limits: each row's most
-    tokens (below max_tokens), as beam_search's one a frame; None: max_tokens for all, as the release.
+    decoding (reference_greedy) for many utterances at once, each row as if decoded alone. frame_bound: a row gets
+    at most min(max_tokens, lengths[b]) tokens, one an encoder frame, as in beam_search; off: max_tokens for all,
+    as the release.
     """
     state = DecoderState(llm, audio, lengths, max_tokens)
+    limits = lengths.clamp(max=max_tokens).tolist() if frame_bound else None
     logits = state.prefill()  # (B, V)
     out = [[] for _ in range(audio.shape[0])]
     live = list(range(audio.shape[0]))  # the rows still in the batch, as indices into out
@@ -235,7 +237,7 @@ def greedy_batch(model, mel: torch.Tensor, lengths: torch.Tensor, max_tokens: in
     """Masked batched greedy from log-mels (B, 80, T), lengths (B,): ids per item, EOS excluded (validation WER);
     at most one token an encoder frame, as decode.py's greedy."""
     _, audio, enc_lengths = model.encode(mel, lengths)
-    return greedy_tokens(model.llm, audio, enc_lengths, max_tokens, limits=enc_lengths.clamp(max=max_tokens).tolist())
+    return greedy_tokens(model.llm, audio, enc_lengths, max_tokens, frame_bound=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

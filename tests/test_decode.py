@@ -269,7 +269,7 @@ def test_greedy_writes_at_most_one_token_an_encoder_frame_as_beam_search(tiny):
         r = transcriber(tiny, mode=mode, max_tokens=256, beam_size=2).transcribe([clip])[0]
         assert len(tiny.tok.encode(r["text"])) <= frames + 2, (mode, r)  # re-tokenising the text may differ by a piece
     unbounded = search.greedy_tokens(tiny.model.llm, audio, enc_len, 256)[0]
-    bounded = search.greedy_tokens(tiny.model.llm, audio, enc_len, 256, limits=[frames])[0]
+    bounded = search.greedy_tokens(tiny.model.llm, audio, enc_len, 256, frame_bound=True)[0]
     assert len(unbounded) > frames and bounded == unbounded[:frames]  # the same tokens, cut where the bound falls
 
 
