@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the teaching model from nothing, on a CPU: data -> tokenizer -> small Llama | CTC -> E2E -> models/teach/.
-#   bash scripts/train_teaching_model.sh            (about 2 h 15 min on 2 cores; each stage's time is printed)
+#   bash scripts/train_teaching_model.sh            (about 2 h on 2 cores: 1 h 58 min in one run; each stage's time is printed)
 # The small Llama's three stages and the CTC stage run side by side, one core each: the CTC stage trains the encoder and its CTC
 # head alone and reads only the decoder's width (of the shipped decoder, the same 192); the E2E stage takes the new one.
 # Every stage is a plain command you can run alone; outputs go to data/synth/ and $RUN (runs/teach/); the shipped
