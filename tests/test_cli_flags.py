@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_timestamps_need_jsonl():
     assert [w["word"] for w in words] == json.loads(out.stdout)["text"].split() and len(words) >= 2
     assert all(w["start"] < w["end"] for w in words)
     assert all(a["end"] <= b["start"] for a, b in zip(words, words[1:]))  # ends stop at the next word
-    assert words[-1]["end"] <= 3.44  # within the audio (3.4 s of frames)
+    assert words[-1]["end"] <= sf.info(SAMPLE).duration + 0.04  # within the audio (one 40 ms frame of slack)
 
 
 def test_train_help_shows_the_named_presets_values():

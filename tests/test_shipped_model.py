@@ -122,6 +122,9 @@ def test_the_python_api_honours_the_folders_decoding_defaults():
     assert t.opt == load(parse_args([str(SAMPLES / "sample1.wav")])).opt  # the same options as the command line
     cli = subprocess.run([sys.executable, "decode.py", "samples/sample1.wav"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300).stdout.strip()
-    assert t.transcribe([str(SAMPLES / "sample1.wav")])[0]["text"] == cli and cli  # what decode.py prints
+    text = t.transcribe([str(SAMPLES / "sample1.wav")])[0]["text"]
+    assert text == cli  # what decode.py prints
+    ref = references()["sample1.wav"]
+    assert char_stats(ref, text).errors / len(ref) <= 0.25, text
     with pytest.raises(TypeError, match="unknown decoding options: windw"):
         Transcriber.from_folder(DEFAULT_MODEL, windw=8.0)
