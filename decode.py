@@ -39,7 +39,7 @@ from ctc import CTCPrefixScorer, ctc_greedy, forced_align, frame_seconds, word_i
 from decoder import DEVICES, pick_device
 from encoder import subsampled_lengths
 from mel import (N_FFT, N_SAMPLES, SAMPLE_RATE, AudioError, batch_log_mel, check_file, load_audio, n_frames,
-                 normalize_level)
+                 normalize_level, require_finite)
 from search import (CTCScorer, DecoderScorer, beam_search, greedy_tokens, length_runs, logit_filters,
                     release_filters)
 from tokenizer import Tokenizer, normalize
@@ -168,8 +168,8 @@ class Transcriber:
         for i, item in enumerate(items):
             name = _name(item, i)
             try:
-                if isinstance(item, torch.Tensor) and not torch.isfinite(item).all():  # as mel.load_audio says
-                    raise AudioError(f"{name}: contains non-finite samples (NaN or inf)")
+                if isinstance(item, torch.Tensor):
+                    require_finite(item, name)  # as a file's samples are checked when read
                 n = item.shape[-1] if isinstance(item, torch.Tensor) else _samples(item)  # header only
                 if n > round(self.opt.window * SAMPLE_RATE):
                     results[i] = self._long(name, item, n)
@@ -368,8 +368,7 @@ def _samples(path) -> int:
 
 def _tensor_windows(wav: torch.Tensor, window: float, overlap: float, spans=None):
     w, o = round(window * SAMPLE_RATE), round(overlap * SAMPLE_RATE)
-    spans = spans or [(s, s + w) for s in longform.window_starts(wav.shape[-1], w, o)]
-    for start, end in spans:
+    for start, end in spans or longform.window_spans(wav.shape[-1], w, o):
         yield start, wav.reshape(-1)[start: end].float()
 
 

@@ -65,6 +65,11 @@ def n_resampled(n: int, sr: int) -> int:
     return mel.resampled_length(n, sr, SAMPLE_RATE)
 
 
+def window_spans(n_samples: int, window: int, overlap: int) -> list[tuple[int, int]]:
+    """window_starts as [start, end) sample spans, the last one cut at the end of the file."""
+    return [(s, min(s + window, n_samples)) for s in window_starts(n_samples, window, overlap)]
+
+
 class AudioWindows:
     """A long file read window by window at 16 kHz mono: `for start, wav in AudioWindows(path): ...`.
 
@@ -80,12 +85,10 @@ class AudioWindows:
         self.frames, self.sr = audio_info(self.path)
         self.n_samples = n_resampled(self.frames, self.sr)  # (16 kHz)
         self.window, self.overlap = round(window_s * SAMPLE_RATE), round(overlap_s * SAMPLE_RATE)
-        if spans is not None:  # [(start, end)] given (pause_spans): windows of their own lengths
-            self.starts, self.ends = [s for s, _ in spans], [e for _, e in spans]
-        else:
-            self.starts = (starts_of(self.n_samples) if starts_of else
-                           window_starts(self.n_samples, self.window, self.overlap))
-            self.ends = [min(s + self.window, self.n_samples) for s in self.starts]
+        if spans is None:  # else [(start, end)] given (pause_spans): windows of their own lengths
+            spans = ([(s, min(s + self.window, self.n_samples)) for s in starts_of(self.n_samples)] if starts_of
+                     else window_spans(self.n_samples, self.window, self.overlap))
+        self.starts, self.ends = [s for s, _ in spans], [e for _, e in spans]
 
     def __len__(self):
         return len(self.starts)

@@ -170,9 +170,14 @@ def _read_mono(f: sf.SoundFile, first: int, n: int, path: str) -> torch.Tensor:
     x = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if len(x) < n:
         raise AudioError(f"{path}: truncated (header promises {f.frames} frames, file has {first + len(x)})")
-    if not np.isfinite(x).all():
-        raise AudioError(f"{path}: contains non-finite samples (NaN or inf)")
+    require_finite(x, path)
     return torch.from_numpy(x)
+
+
+def require_finite(x, name: str):
+    """AudioError naming `name` when the samples x (a numpy array or a tensor) hold NaN or inf."""
+    if not (torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(x).all()):
+        raise AudioError(f"{name}: contains non-finite samples (NaN or inf)")
 
 
 def wav_shortfall(log: str):
