@@ -57,13 +57,14 @@ stage e2e python train.py --preset teach --stage e2e --init "$RUN/ctc/best" --tr
     --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/e2e"
 # 600 more steps from there, a fresh schedule at half the rate (the listen gap was still rising), half the clips
 # with up to 0.5 s of silence before and after (a long file's windows start at pauses: without it, the model
-# wrote a token or two on a lead-in of silence)
-stage e2e-more python train.py --preset teach --stage e2e --init "$RUN/e2e/best" --no-projector-fit --lr 5e-4 \
-    --max-steps 600 --aug-silence 0.5 --train data/synth/train.jsonl --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" \
-    --decoder "$RUN/llama" --out "$RUN/e2e-more"
-# and 600 more, the same recipe again from there (valid gap 4.11 -> 4.28 nats; the test clips' every decoding gained)
-stage e2e-more2 python train.py --preset teach --stage e2e --init "$RUN/e2e-more/best" --no-projector-fit --lr 5e-4 \
-    --max-steps 600 --aug-silence 0.5 --train data/synth/train.jsonl --valid data/synth/valid.jsonl --tokenizer "$RUN/tokenizer.model" \
-    --decoder "$RUN/llama" --out "$RUN/e2e-more2"
+# wrote a token or two on a lead-in of silence); then the same 600 again from that (valid gap 4.11 -> 4.28 nats; the
+# test clips' every decoding gained)
+more() {  # more NAME FROM: 600 more E2E steps from $RUN/FROM/best into $RUN/NAME
+    stage "$1" python train.py --preset teach --stage e2e --init "$RUN/$2/best" --no-projector-fit --lr 5e-4 \
+        --max-steps 600 --aug-silence 0.5 --train data/synth/train.jsonl --valid data/synth/valid.jsonl \
+        --tokenizer "$RUN/tokenizer.model" --decoder "$RUN/llama" --out "$RUN/$1"
+}
+more e2e-more e2e
+more e2e-more2 e2e-more
 stage ship python scripts/ship_teaching_model.py --model "$RUN/e2e-more2/best" --out "${SHIP_TO:-models/teach}" \
     --samples "${SAMPLES_TO:-samples}"
