@@ -55,8 +55,8 @@ def text_blocks(lines: list[list[int]], seq_len: int, eos_id: int) -> torch.Tens
 MAX_SILENCE = 8  # <pad> positions after each "spoken" token, at most: ~5 prompt slots a token, as in the audio
 
 
-def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int,
-                  max_silence: int = MAX_SILENCE, slips: float = 0.0, lines=None) -> tuple[list[int], list[int]]:
+def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int, max_silence: int = MAX_SILENCE,
+                  slips: float = 0.0, lines=None, pauses: float = 0.0) -> tuple[list[int], list[int]]:
     """
     One line as a copy exercise shaped like the ASR prompt: the line "spoken" slowly (each token once, as a CTC
     spike, then 0..max_silence positions of <pad> silence), then the line written out, then EOS. Only the written
@@ -64,15 +64,26 @@ def copy_exercise(ids: list[int], rng: random.Random, pad_id: int, eos_id: int,
         [5, 9] -> inputs  [pad, 5, pad, pad, 9, pad, 5, 9, eos]
                   targets [ -,  -,   -,   -, -,   5, 9, eos, -]
     ~5 prompt positions a token, as 25 audio frames a second carry ~4 tokens. slips > 0: the spoken line has a
-    recogniser's slips (misspeak), the written one is still the true line.
+    recogniser's slips (misspeak), the written one is still the true line. pauses > 0: timed as speech is (silence):
+    that share of the gaps are pauses, and the line starts and ends in longer silence.
     """
-    prompt = [pad_id] * rng.randint(0, max_silence)
+    long = pauses > 0 and max_silence > 0
+    prompt = [pad_id] * rng.randint(0, 2 * max_silence if long else max_silence)
     for t in misspeak(ids, rng, slips, lines) if slips else ids:
-        prompt += [t] + [pad_id] * rng.randint(0, max_silence)
-    prompt += [pad_id] * rng.randint(1, max(1, max_silence))
+        prompt += [t] + [pad_id] * silence(rng, max_silence, pauses if long else 0.0)
+    prompt += [pad_id] * rng.randint(1, max(1, 4 * max_silence if long else max_silence))
     inputs = prompt + ids + [eos_id]
     targets = [-100] * (len(prompt) - 1) + ids + [eos_id, -100]
     return inputs, targets
+
+
+def silence(rng: random.Random, max_silence: int, pauses: float) -> int:
+    """<pad> slots after a spoken token: 0..max_silence, or with chance `pauses` a pause of max_silence+1 to
+    3 max_silence. Speech is timed so: between the CTC spikes of the teaching encoder, 1 gap in 10 is longer than
+    8 frames (a word boundary, a comma), and a clip ends in ~12 frames of silence on average."""
+    if pauses and rng.random() < pauses:
+        return rng.randint(max_silence + 1, 3 * max_silence)
+    return rng.randint(0, max_silence)
 
 
 def misspeak(ids: list[int], rng: random.Random, p: float, lines: list[list[int]]) -> list[int]:
@@ -90,15 +101,16 @@ def misspeak(ids: list[int], rng: random.Random, p: float, lines: list[list[int]
 
 
 def copy_blocks(lines: list[list[int]], n: int, seq_len: int, rng: random.Random, pad_id: int, eos_id: int,
-                max_silence: int = MAX_SILENCE, spoken: bool = False, slips: float = 0.0):
+                max_silence: int = MAX_SILENCE, spoken: bool = False, slips: float = 0.0, pauses: float = 0.0):
     """n blocks of copy exercises packed end to end -> (inputs, targets), each (n, seq_len); spoken=True adds a
-    third (n, seq_len) bool tensor, True on the spoken (prompt) part of each exercise; slips: copy_exercise's."""
+    third (n, seq_len) bool tensor, True on the spoken (prompt) part of each exercise; slips, pauses:
+    copy_exercise's."""
     xs, ys, ss = [], [], []
     for _ in range(n):
         x, y, sp = [], [], []
         while len(x) < seq_len:
             line = lines[rng.randrange(len(lines))]
-            a, b = copy_exercise(line, rng, pad_id, eos_id, max_silence, slips, lines)
+            a, b = copy_exercise(line, rng, pad_id, eos_id, max_silence, slips, lines, pauses)
             x, y = x + a, y + b
             n_spoken = len(a) - len(line) - 1  # what comes before the written line and its EOS
             sp += [True] * n_spoken + [False] * (len(line) + 1)
@@ -159,6 +171,11 @@ def main(argv=None):
                         "of a random line (maybe the same one) or dropped; the written line stays true, so the LM "
                         "learns to correct a prompt from what it knows of the language; 0: every spoken token right "
                         "(default: %(default)s)")
+    p.add_argument("--copy-pauses", type=float, default=0.0,
+                   help="time the copy exercises as speech is: this share of the gaps between spoken tokens are "
+                        f"pauses of {MAX_SILENCE + 1}-{3 * MAX_SILENCE} <pad> slots, and each line starts after up to "
+                        f"{2 * MAX_SILENCE} and ends in up to {4 * MAX_SILENCE}; 0: gaps of at most {MAX_SILENCE} "
+                        "(default: %(default)s)")
     p.add_argument("--eval-every", type=int, default=250,
                    help="steps between validation lines (text and copy-exercise loss) (default: %(default)s)")
     p.add_argument("--init", default=None,
@@ -198,13 +215,14 @@ def check_args(args):
         ("copy_fraction", 0 <= args.copy_fraction <= 1, "in [0, 1]"),
         ("copy_noise", 0 <= args.copy_noise <= 100, "in [0, 100]"),
         ("copy_slips", 0 <= args.copy_slips <= 1, "in [0, 1]"),
+        ("copy_pauses", 0 <= args.copy_pauses <= 1, "in [0, 1]"),
         ("silence_ramp", 0 <= args.silence_ramp <= 1, "in [0, 1]"), ("eval_every", args.eval_every >= 1, ">= 1"),
         ("seed", 0 <= args.seed < 2**32, "in [0, 2**32 - 1]"),
     ]
     for name, ok, want in ranges:
         if not ok:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be {want}")
-    for name in ("copy_noise", "copy_slips"):
+    for name in ("copy_noise", "copy_slips", "copy_pauses"):
         if getattr(args, name) and not round(args.batch_size * args.copy_fraction):
             raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: changes copy exercises, but "
                              f"--copy-fraction {args.copy_fraction:g} makes none"
@@ -240,7 +258,7 @@ def batch(step, train, lines, args, rng, g, pad_id, eos_id):
     spoken = torch.zeros_like(x, dtype=torch.bool)
     if n_copy:
         cx, cy, cs = copy_blocks(lines, n_copy, args.seq_len, rng, pad_id, eos_id, max_silence(step, args), True,
-                                 args.copy_slips)
+                                 args.copy_slips, args.copy_pauses)
         x, y, spoken = torch.cat([x, cx]), torch.cat([y, cy]), torch.cat([spoken, cs])
     return x, y, spoken
 
@@ -259,15 +277,17 @@ def evaluate(model, blocks: tuple, max_noise: float = 0.0) -> float:
     return tot / max(1, n)
 
 
-def copy_report(model, valid_copy, args, valid_slips=None) -> str:
-    """The validation copy-exercise loss, with --copy-noise the same exercises blurred, and with --copy-slips
-    exercises whose spoken lines slip (valid_slips: the same seed, but slips change the draws after them, so not the
-    same exercises)."""
+def copy_report(model, valid_copy, args, valid_slips=None, valid_pauses=None) -> str:
+    """The validation copy-exercise loss, with --copy-noise the same exercises blurred, with --copy-slips
+    exercises whose spoken lines slip, with --copy-pauses exercises timed as speech (valid_slips, valid_pauses: the
+    same seed, but slips and pauses change the draws after them, so not the same exercises)."""
     text = f"copy-exercise loss {evaluate(model, valid_copy):.3f}"
     text += (f", blurred (up to {args.copy_noise:g}x) {evaluate(model, valid_copy, args.copy_noise):.3f}"
              if args.copy_noise else "")
-    return text + (f", with slips{' and blurred' if args.copy_noise else ''} "
-                   f"{evaluate(model, valid_slips, args.copy_noise):.3f}" if valid_slips else "")
+    blurred = " and blurred" if args.copy_noise else ""
+    text += (f", with slips{blurred} {evaluate(model, valid_slips, args.copy_noise):.3f}" if valid_slips else "")
+    return text + (f", with pauses{blurred} {evaluate(model, valid_pauses, args.copy_noise):.3f}"
+                   if valid_pauses else "")
 
 
 def run(args):
@@ -292,6 +312,8 @@ def run(args):
                              spoken=True)
     valid_slips = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
                               spoken=True, slips=args.copy_slips) if args.copy_slips else None
+    valid_pauses = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
+                               spoken=True, pauses=0.1) if args.copy_pauses else None
     if args.copy_fraction > 0 and not (valid_copy[1] != -100).any():  # every exercise cut before its written part
         raise ValueError(f"--seq-len {args.seq_len}: too short for a copy exercise of these lines (a line's tokens, "
                          f"each with up to {MAX_SILENCE} slots of silence, then the line again); raise it or "
@@ -315,12 +337,12 @@ def run(args):
         if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
             tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, "
-                       f"{copy_report(model, valid_copy, args, valid_slips)} (silences up to {max_silence(step, args)})")
+                       f"{copy_report(model, valid_copy, args, valid_slips, valid_pauses)} (silences up to {max_silence(step, args)})")
             model.train()
     model.eval()
     v = evaluate(model, (valid[:, :-1], valid[:, 1:]))
     print(f"done in {time.time() - t0:.0f} s: train loss {loss.item():.3f}, valid loss {v:.3f} "
-          f"(perplexity {math.exp(v):.1f}), valid {copy_report(model, valid_copy, args, valid_slips)}")
+          f"(perplexity {math.exp(v):.1f}), valid {copy_report(model, valid_copy, args, valid_slips, valid_pauses)}")
     save_llama(model.to(getattr(torch, args.dtype)), args.out)
 
 

@@ -280,7 +280,7 @@ def test_copy_blocks_mark_the_spoken_part_and_blur_changes_it_alone():
     assert torch.equal(blur(e, spoken, 0.0, torch.Generator().manual_seed(1)), e)
 
 
-@pytest.mark.parametrize("flag", ["--copy-noise", "--copy-slips"])
+@pytest.mark.parametrize("flag", ["--copy-noise", "--copy-slips", "--copy-pauses"])
 def test_train_lm_refuses_copy_changes_without_copy_exercises(flag, capsys):
     from train_lm import main as lm_main
 
@@ -315,6 +315,34 @@ def test_misspoken_exercises_slip_at_the_rate_asked_and_still_write_the_true_lin
     n = len(x) - len(lines[3]) - 1
     assert x[n:] == lines[3] + [0] and y[n - 1:] == lines[3] + [0, -100]  # the written line and targets stay true
     assert [t for t in x[:n] if t != 1] != lines[3]
+
+
+def test_exercises_timed_as_speech_pause_at_the_rate_asked_and_still_write_the_true_line():
+    import random
+
+    def layout(x, n):  # a prompt's silences: before the first token, between tokens, after the last
+        pos = [j for j in range(n) if x[j] != 1]
+        return pos[0], [b - a - 1 for a, b in zip(pos, pos[1:])], n - 1 - pos[-1]
+
+    rng, gaps, leads, tails = random.Random(7), [], [], []
+    for _ in range(400):
+        ids = [4 + rng.randrange(40) for _ in range(rng.randint(2, 8))]
+        x, y = copy_exercise(ids, rng, pad_id=1, eos_id=0, max_silence=8, pauses=0.3)
+        n = len(x) - len(ids) - 1
+        assert x[n:] == ids + [0] and y[: n - 1] == [-100] * (n - 1) and y[n - 1:] == ids + [0, -100]
+        assert [t for t in x[:n] if t != 1] == ids  # every token once, in order
+        lead, between, tail = layout(x, n)
+        leads.append(lead), gaps.extend(between), tails.append(tail)
+    long = [g for g in gaps if g > 8]
+    assert 0.25 < len(long) / len(gaps) < 0.35 and max(gaps) == 24 and min(long) == 9  # pauses of 9..24 slots
+    # longer silence before and after: the last token's gap, then 1..32 slots more
+    assert max(leads) == 16 and 1 <= min(tails) and 32 < max(tails) <= 24 + 32
+    assert sum(tails) / len(tails) > 12  # a clip of the teaching data ends in ~12 frames of silence
+    for k in range(20):  # pauses=0 is the old layout, draw for draw (the script's earlier stages are unchanged)
+        assert copy_exercise([5, 9, 7], random.Random(k), 1, 0) == copy_exercise([5, 9, 7], random.Random(k), 1, 0,
+                                                                                pauses=0.0)
+    x, _ = copy_exercise([5, 9, 7], random.Random(0), 1, 0, max_silence=0, pauses=1.0)  # no silence: no pauses
+    assert x[:4] == [5, 9, 7, 1]
 
 
 def test_copy_exercises_start_without_silence_and_reach_the_full_silence_by_the_ramp():
