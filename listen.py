@@ -9,7 +9,14 @@ token (the text's tokens and EOS, no label smoothing):
     shuffled  the audio of another utterance of the set (each item paired with the next one)
     none      no audio: a single EOS as the prompt, the text-only LM's own start of a line
 
-With the model's tokenizer it also reads the prompt back as text: each projected audio frame as the decoder row
+With the model's tokenizer it also scores a fourth prompt, and reads the prompt back as text:
+
+    aligned   the prompt a perfect projector would write at this audio's own timing: each transcript token's
+              exact decoder row at the first frame CTC aligns it to, <pad>'s row on every other frame (the layout
+              of projector_fit.py's targets and of train_lm.py's copy exercises)
+
+own - aligned is what the projector loses; aligned itself is what the decoder loses to the audio's timing (its
+pauses, its silence at the end) even when every row is exact. The prompt read back as text: each projected audio frame as the decoder row
 nearest it in direction (what the decoder's first norm keeps), repeats merged and <pad> dropped, as CTC's greedy
 path with <pad> as the blank. Its CER against the transcripts says how plainly the projector writes what was said in
 the decoder's own words (the layout train_lm.py's copy exercises teach the decoder to read).
@@ -71,6 +78,22 @@ def prompt_tokens(llm, audio, lengths, pad_id: int) -> list[list[int]]:
     return out
 
 
+@torch.no_grad()
+def aligned_prompt(model, enc, lengths, tokens, token_lengths, pad_id: int):
+    """Encoder output (B, T', d_enc) and lengths (B,) -> (B, T', d) prompts of exact decoder rows: each token of
+    the transcript at the first frame of its CTC forced alignment, <pad> elsewhere (projector_fit.frame_targets);
+    an item whose frames are too few for its tokens keeps <pad> throughout."""
+    from projector_fit import frame_targets
+
+    log_probs = model.ctc_log_probs(enc)
+    ids = torch.full(enc.shape[:2], pad_id, dtype=torch.long)
+    for b, (n, k) in enumerate(zip(lengths.tolist(), token_lengths.tolist())):
+        path = frame_targets(log_probs[b, :n], tokens[b, :k].tolist(), pad_id)
+        if path is not None:
+            ids[b, :n] = path
+    return model.llm.embed(ids.to(enc.device)).to(enc.dtype)
+
+
 def items(batch) -> list[dict]:
     """A padded batch back into its items (mel and tokens cut to their lengths)."""
     return [dict(mel=batch["mel"][i, :, : batch["mel_lengths"][i]], tokens=batch["tokens"][i, : batch["token_lengths"][i]])
@@ -94,10 +117,11 @@ def listen_batches(loader):
 
 def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenizer=None) -> dict:
     """Mean CE per target token under each prompt, over the loader's batches (the first max_utts, 0 = all); with a
-    tokenizer, also prompt_cer: the CER of the prompts read back as text (prompt_tokens)."""
+    tokenizer, also aligned (the CE after aligned_prompt) and prompt_cer: the CER of the prompts read back as text
+    (prompt_tokens)."""
     was_training = model.training
     model.eval()
-    tot = dict(own=0.0, shuffled=0.0, none=0.0, tokens=0.0)
+    tot = dict(own=0.0, shuffled=0.0, none=0.0, aligned=0.0, tokens=0.0)
     seen, refs, hyps = 0, [], []
     for batch in listen_batches(loader):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -106,7 +130,14 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenize
         for k, v in listen_sums(model, batch, eos_id, encoded).items():
             tot[k] += v
         if tokenizer is not None:
-            _, audio, lengths = encoded
+            from train import ce_loss, ce_targets
+
+            enc, audio, lengths = encoded
+            tokens, tok_len = batch["tokens"], batch["token_lengths"]
+            prompt = aligned_prompt(model, enc, lengths, tokens, tok_len, tokenizer.pad_id)
+            with torch.no_grad():
+                logits = model.text_logits(prompt, lengths, tokens)
+            tot["aligned"] += ce_loss(logits, ce_targets(tokens, tok_len, eos_id), 0.0).item()
             hyps += [tokenizer.decode(t) for t in prompt_tokens(model.llm, audio, lengths, tokenizer.pad_id)]
             refs += [tokenizer.decode(t[:n].tolist()) for t, n in zip(batch["tokens"], batch["token_lengths"])]
         seen += batch["size"]
@@ -119,6 +150,7 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenize
     out["gap"] = out["shuffled"] - out["own"]
     out["utterances"] = seen
     if tokenizer is not None:
+        out["aligned"] = tot["aligned"] / tot["tokens"]
         out["prompt_cer"] = sum(corpus_stats(refs, hyps, "char"), ErrorStats()).rate
     return out
 
@@ -164,6 +196,8 @@ def main(argv=None) -> int:
         return 2
     print(f"{r['utterances']} utterances, CE in nats/token: own audio {r['own']:.3f}, shuffled audio "
           f"{r['shuffled']:.3f}, no audio {r['none']:.3f}; listen gap (shuffled - own) {r['gap']:.3f}")
+    print(f"a perfect projector's prompt (the transcript's exact rows at the CTC-aligned frames): CE "
+          f"{r['aligned']:.3f}")
     print(f"the prompt read back as text (each frame's nearest decoder row): CER {100 * r['prompt_cer']:.1f} %")
     return 1 if unreadable else 0  # decode.py's status when some file could not be read
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import train as T
-from test_projector_fit import PAD, small_model
+from test_projector_fit import PAD, peaky, small_model
 
 
 def test_row_log_probs_score_each_frames_direction_against_every_row():
@@ -86,3 +86,21 @@ def test_the_prompt_read_back_merges_repeats_drops_pad_and_stops_at_each_length(
     audio = torch.stack([rows[path], 3 * rows[[8, 8, PAD, 6, 6, 6, 6, 6]]])  # the size of a frame does not matter
     audio = audio + 1e-3 * torch.randn(audio.shape, generator=torch.Generator().manual_seed(0))
     assert prompt_tokens(llm, audio, torch.tensor([7, 4]), PAD) == [[5, 7, 7], [8, 6]]
+
+
+def test_the_aligned_prompt_puts_each_tokens_exact_row_at_its_aligned_frame():
+    """listen.py's `aligned` prompt: what a perfect projector would write at this audio's timing."""
+    from listen import aligned_prompt
+
+    model = small_model()
+    lp = torch.stack([peaky(8, 40, [(1, 5), (2, 5), (5, 7)]), peaky(8, 40, [(0, 9), (2, 6)])])  # 5 spoken on 2 frames
+    model.ctc_log_probs = lambda enc: lp  # the CTC head's output, as planted
+    tokens, tok_len = torch.tensor([[5, 7], [9, 6]]), torch.tensor([2, 2])
+    prompt = aligned_prompt(model, torch.zeros(2, 8, 24), torch.tensor([8, 3]), tokens, tok_len, PAD)
+    rows = model.llm.tok_embeddings.weight
+    want = [[PAD, 5, PAD, PAD, PAD, 7, PAD, PAD], [9, PAD, 6, PAD, PAD, PAD, PAD, PAD]]  # first frame of each span
+    torch.testing.assert_close(prompt, rows[torch.tensor(want)])
+    # frames too few for the tokens (3 tokens, 1 frame): no alignment, <pad> throughout
+    short = aligned_prompt(model, torch.zeros(1, 8, 24), torch.tensor([1]), torch.tensor([[5, 7, 9]]),
+                           torch.tensor([3]), PAD)
+    torch.testing.assert_close(short, rows[PAD].expand(1, 8, -1))
