@@ -16,10 +16,11 @@ With the model's tokenizer it also scores a fourth prompt, and reads the prompt 
               of projector_fit.py's targets and of train_lm.py's copy exercises)
 
 own - aligned is what the projector loses; aligned itself is what the decoder loses to the audio's timing (its
-pauses, its silence at the end) even when every row is exact. The prompt read back as text: each projected audio frame as the decoder row
-nearest it in direction (what the decoder's first norm keeps), repeats merged and <pad> dropped, as CTC's greedy
-path with <pad> as the blank. Its CER against the transcripts says how plainly the projector writes what was said in
-the decoder's own words (the layout train_lm.py's copy exercises teach the decoder to read).
+pauses, its silence at the end) even when every row is exact. The prompt read back as text: each projected audio
+frame as the decoder row nearest it in direction (what the decoder's first norm keeps), repeats merged and <pad>
+dropped, as CTC's greedy path with <pad> as the blank. Its CER against the transcripts says how plainly the
+projector writes what was said in the decoder's own words (the layout train_lm.py's copy exercises teach the
+decoder to read).
 
 gap = shuffled - own. Near 0: the decoder writes from its language model alone and the audio is decoration (then only
 CTC carries recognition). A few nats: the transcript is written from the audio. own < none < shuffled is the usual

@@ -313,7 +313,7 @@ def run(args):
     valid_slips = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
                               spoken=True, slips=args.copy_slips) if args.copy_slips else None
     valid_pauses = copy_blocks(valid_lines, 32, args.seq_len, random.Random(args.seed), tok.pad_id, tok.eos_id,
-                               spoken=True, pauses=0.1) if args.copy_pauses else None
+                               spoken=True, pauses=0.1) if args.copy_pauses else None  # the audio's own rate
     if args.copy_fraction > 0 and not (valid_copy[1] != -100).any():  # every exercise cut before its written part
         raise ValueError(f"--seq-len {args.seq_len}: too short for a copy exercise of these lines (a line's tokens, "
                          f"each with up to {MAX_SILENCE} slots of silence, then the line again); raise it or "
@@ -336,8 +336,9 @@ def run(args):
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
         if (step + 1) % args.eval_every == 0 and step + 1 < args.steps:
             model.eval()
-            tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, "
-                       f"{copy_report(model, valid_copy, args, valid_slips, valid_pauses)} (silences up to {max_silence(step, args)})")
+            report = copy_report(model, valid_copy, args, valid_slips, valid_pauses)
+            tqdm.write(f"step {step + 1}: valid text loss {evaluate(model, valid_text):.3f}, {report} "
+                       f"(silences up to {max_silence(step, args)})")
             model.train()
     model.eval()
     v = evaluate(model, (valid[:, :-1], valid[:, 1:]))

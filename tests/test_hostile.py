@@ -323,3 +323,14 @@ def test_word_times_of_a_short_file_stay_inside_its_audio(tiny, tmp_path, capsys
             assert words or mode == "greedy", (n, mode)
             for w in words:
                 assert 0 <= w["start"] <= w["end"] <= round(n / 16000, 3), (n, mode, w)
+
+
+def test_train_lm_with_paused_exercises_trains_and_reports_their_loss(tiny, tmp_path, capsys):
+    import train_lm
+    (tmp_path / "lm.txt").write_text("бір екі үш\nтөрт бес\n" * 20, encoding="utf-8")
+    train_lm.main(["--text", str(tmp_path / "lm.txt"), "--tokenizer", str(tiny.tok.path), "--out", str(tmp_path / "lm"),
+                   "--dim", "32", "--n-heads", "2", "--n-kv-heads", "1", "--ffn-dim", "64", "--n-layers", "1",
+                   "--seq-len", "128", "--batch-size", "2", "--warmup", "1", "--steps", "2", "--copy-pauses", "0.5",
+                   "--silence-ramp", "0"])
+    out = capsys.readouterr().out
+    assert "with pauses" in out and (tmp_path / "lm" / "model.safetensors").exists()
