@@ -45,23 +45,26 @@ from wer import ErrorStats, corpus_stats
 
 
 @torch.no_grad()
-def listen_sums(model, batch, eos_id: int, encoded=None) -> dict:
+def listen_sums(model, batch, eos_id: int, encoded=None, pad_id: int | None = None) -> dict:
     """Summed CE (nats) of one batch under the three prompts, and the number of target tokens. Needs >= 2 items.
-    encoded: the batch's model.encode output, when the caller has it already."""
+    encoded: the batch's model.encode output, when the caller has it already; pad_id: also under aligned_prompt."""
     from train import ce_loss, ce_targets  # the training loss: the diagnostic measures what training optimises
 
     mel, mel_len, tokens, tok_len = batch["mel"], batch["mel_lengths"], batch["tokens"], batch["token_lengths"]
     B = tokens.shape[0]
     if B < 2:
         raise ValueError("the listen test needs at least 2 utterances (one's audio prompts another's text)")
-    _, audio, audio_len = encoded or model.encode(mel, mel_len)  # (B, T', D)
+    enc, audio, audio_len = encoded or model.encode(mel, mel_len)  # (B, T', D)
     none = model.llm.embed(torch.full((B, 1), eos_id, dtype=torch.long, device=tokens.device)).to(audio.dtype)
     roll = torch.roll(torch.arange(B, device=tokens.device), -1)  # item b hears item b+1's audio
     targets = ce_targets(tokens, tok_len, eos_id)
     ce = lambda a, n: ce_loss(model.text_logits(a, n, tokens), targets, 0.0).item()  # noqa: E731
-    return dict(own=ce(audio, audio_len), shuffled=ce(audio[roll], audio_len[roll]),
+    sums = dict(own=ce(audio, audio_len), shuffled=ce(audio[roll], audio_len[roll]),
                 none=ce(none, torch.ones(B, dtype=torch.long, device=tokens.device)),
                 tokens=float(tok_len.sum() + B))
+    if pad_id is not None:
+        sums["aligned"] = ce(aligned_prompt(model, enc, audio_len, tokens, tok_len, pad_id), audio_len)
+    return sums
 
 
 @torch.no_grad()
@@ -124,21 +127,15 @@ def listen(model, loader, eos_id: int, device="cpu", max_utts: int = 0, tokenize
     model.eval()
     tot = dict(own=0.0, shuffled=0.0, none=0.0, aligned=0.0, tokens=0.0)
     seen, refs, hyps = 0, [], []
+    pad_id = None if tokenizer is None else tokenizer.pad_id  # the aligned prompt needs the <pad> row
     for batch in listen_batches(loader):
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         with torch.no_grad():
             encoded = model.encode(batch["mel"], batch["mel_lengths"])
-        for k, v in listen_sums(model, batch, eos_id, encoded).items():
+        for k, v in listen_sums(model, batch, eos_id, encoded, pad_id).items():
             tot[k] += v
         if tokenizer is not None:
-            from train import ce_loss, ce_targets
-
-            enc, audio, lengths = encoded
-            tokens, tok_len = batch["tokens"], batch["token_lengths"]
-            prompt = aligned_prompt(model, enc, lengths, tokens, tok_len, tokenizer.pad_id)
-            with torch.no_grad():
-                logits = model.text_logits(prompt, lengths, tokens)
-            tot["aligned"] += ce_loss(logits, ce_targets(tokens, tok_len, eos_id), 0.0).item()
+            _, audio, lengths = encoded
             hyps += [tokenizer.decode(t) for t in prompt_tokens(model.llm, audio, lengths, tokenizer.pad_id)]
             refs += [tokenizer.decode(t[:n].tolist()) for t, n in zip(batch["tokens"], batch["token_lengths"])]
         seen += batch["size"]
